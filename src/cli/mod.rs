@@ -1,0 +1,60 @@
+//! Command-line interface: the subcommands, their settings, and telemetry setup.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod fixture;
+
+/// Keeps PostgreSQL in step with Intuition MultiVault events that rindexer publishes to Redis
+/// streams: an event log, base state (atom, triple, position, vault, term) and triple-level
+/// analytics, all derived in Rust from (block_number, log_index) order.
+#[derive(Debug, Parser)]
+#[command(name = "redis-postgres-sync", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `redis_postgres_sync=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a realistic, deterministic event history as rindexer JSON lines.
+    ///
+    /// The history follows the MultiVault contract's emission order per transaction and keeps
+    /// vault totals, prices and balances consistent. Same seed and knobs, same bytes.
+    Fixture(fixture::FixtureArgs),
+}
+
+pub fn init_telemetry(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Fixture(args) => fixture::run(args),
+    }
+}

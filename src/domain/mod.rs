@@ -1,0 +1,14 @@
+//! The pure core: typed events, the fold into derived state, and its math.
+//!
+//! **Architecture Invariant:** nothing in `domain` does I/O or knows tokio, diesel, redis or serde.
+//! It is deterministic and total: every input yields a result, never a panic.
+
+pub mod analytics;
+pub mod math;
+pub mod rows;
+pub mod state;
+pub mod types;
+
+pub use rows::Tables;
+pub use state::{fold, Applied, Changes, State};
+pub use types::{Address, Bytes32, Event, EventId, EventKind, EventMeta, Order, TermId, VaultType};

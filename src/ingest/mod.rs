@@ -1,0 +1,2 @@
+//! Input side: decoding rindexer envelopes.
+pub mod decode;

@@ -1,0 +1,9 @@
+//! redis-postgres-sync: keeps PostgreSQL in step with Intuition MultiVault events that rindexer
+//! publishes to Redis streams.
+//!
+//! Data flows stream → [`ingest`] (decode) → [`domain`] (fold) → store → publish → analytics.
+//! See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod domain;
+pub mod fixture;
+pub mod ingest;
