@@ -5,6 +5,8 @@
 
 pub mod analytics;
 pub mod math;
+#[cfg(test)]
+mod properties;
 pub mod rows;
 pub mod state;
 pub mod types;

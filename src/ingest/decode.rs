@@ -558,3 +558,609 @@ fn int_value(v: &Value) -> Result<i64, Problem> {
     }
     Ok(n.as_u64() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TERM: &str = "9f2cd1bfe8d0d6e17a3dd7a5bd59bfc8b3dfb7ad7a6e0fa3c7aa5a37a1b12b3c";
+    const TX: &str = "0xcc0d446745542abf27cc91640ecad32f9ca09c0e7f36021b1a5ff3bca0317c10";
+    const ADDR: &str = "0xa86335cb7b6cf4269a858a94913eced5072b75d3";
+
+    fn info() -> Value {
+        json!({
+            "chain_id": 1155, "network": "intuition", "address": "0x6E35cF57A41fA15eA0EaE9C33e751b01A784Fe7e",
+            "block_hash": TX, "block_number": 1311, "block_timestamp": "0x68b18674",
+            "transaction_hash": TX, "log_index": "0x1a", "transaction_index": 7
+        })
+    }
+
+    fn deposited() -> Value {
+        json!({
+            "sender": ADDR, "receiver": ADDR, "termId": TERM, "curveId": "1",
+            "assets": "1000000000000000000", "assetsAfterFees": "884249999999017500",
+            "shares": "884249999999017500", "totalShares": "884249999999017500", "vaultType": 0,
+            "transaction_information": info()
+        })
+    }
+
+    fn envelope(name: &str, data: Value) -> Vec<u8> {
+        json!({"event_name": name, "event_data": data, "network": "intuition", "block_number": 1311})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn items(json: &[u8]) -> Vec<Result<Event, ItemError>> {
+        match decode_envelope(json).expect("envelope decodes") {
+            Envelope::Events { items, .. } => items,
+            Envelope::Reorg(r) => panic!("unexpected reorg {r:?}"),
+        }
+    }
+
+    fn one(json: &[u8]) -> Result<Event, FieldError> {
+        let mut items = items(json);
+        assert_eq!(items.len(), 1);
+        items.remove(0).map_err(|e| e.error)
+    }
+
+    /// Decodes a Deposited whose field `path` (dotted for transaction_information) is `value`
+    /// (`None` removes it).
+    fn with_field(path: &str, value: Option<Value>) -> Result<Event, FieldError> {
+        let mut item = deposited();
+        let (obj, key) = match path.split_once('.') {
+            Some((_, k)) => (
+                item["transaction_information"]
+                    .as_object_mut()
+                    .expect("object"),
+                k,
+            ),
+            None => (item.as_object_mut().expect("object"), path),
+        };
+        match value {
+            Some(v) => obj.insert(key.to_owned(), v),
+            None => obj.remove(key),
+        };
+        one(&envelope("Deposited", json!([item])))
+    }
+
+    fn problem(path: &str, value: Option<Value>) -> Problem {
+        let err = with_field(path, value.clone()).expect_err("bad input is rejected");
+        let expected_field = if path.contains('.') {
+            path.to_owned()
+        } else {
+            path.to_owned()
+        };
+        assert_eq!(
+            err.field, expected_field,
+            "the error names the field ({value:?})"
+        );
+        err.problem
+    }
+
+    #[test]
+    fn decodes_the_spec_example() {
+        let e = one(&envelope("Deposited", json!([deposited()]))).expect("valid");
+        assert_eq!(e.meta.log_index, 26);
+        assert_eq!(e.meta.block_number, 1311);
+        assert_eq!(e.meta.block_timestamp, Some(0x68b18674));
+        assert_eq!(e.meta.transaction_index, Some(7));
+        assert_eq!(e.meta.chain_id, Some(1155));
+        assert_eq!(e.meta.network.as_deref(), Some("intuition"));
+        assert_eq!(e.meta.transaction_hash.to_string(), TX);
+        match e.kind {
+            EventKind::Deposited {
+                term_id,
+                receiver,
+                total_shares,
+                vault_type,
+                ..
+            } => {
+                assert_eq!(term_id.to_string(), format!("0x{TERM}"));
+                assert_eq!(
+                    receiver.to_checksum(),
+                    "0xA86335cB7b6Cf4269a858a94913ecEd5072B75D3"
+                );
+                assert_eq!(total_shares, U256::from(884_249_999_999_017_500u64));
+                assert_eq!(vault_type, VaultType::Atom);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn event_data_may_be_a_single_object_or_empty() {
+        assert!(one(&envelope("Deposited", deposited())).is_ok());
+        assert!(items(&envelope("Deposited", json!([]))).is_empty());
+    }
+
+    #[test]
+    fn log_index_forms() {
+        for (v, expected) in [
+            (json!("0x1a"), 26),
+            (json!(26), 26),
+            (json!("26"), 26),
+            (json!("0X1A"), 26),
+            (json!(4_294_967_295u64), 4_294_967_295),
+        ] {
+            assert_eq!(
+                with_field("transaction_information.log_index", Some(v.clone()))
+                    .expect("valid")
+                    .meta
+                    .log_index,
+                expected,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn block_number_forms_and_envelope_fallback() {
+        for v in [json!(1311), json!("0x51f"), json!("1311")] {
+            assert_eq!(
+                with_field("transaction_information.block_number", Some(v))
+                    .expect("valid")
+                    .meta
+                    .block_number,
+                1311
+            );
+        }
+        // Absent in the item: the envelope's block_number.
+        assert_eq!(
+            with_field("transaction_information.block_number", None)
+                .expect("valid")
+                .meta
+                .block_number,
+            1311
+        );
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        for (v, expected) in [
+            (Some(json!("0x68b18674")), Some(0x68b18674)),
+            (Some(json!("1756464756")), Some(1_756_464_756)),
+            (Some(json!(1_756_464_756)), Some(1_756_464_756)),
+            (Some(Value::Null), None),
+            (None, None),
+        ] {
+            assert_eq!(
+                with_field("transaction_information.block_timestamp", v)
+                    .expect("valid")
+                    .meta
+                    .block_timestamp,
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn optional_meta_may_be_absent() {
+        let mut item = deposited();
+        let info = item["transaction_information"]
+            .as_object_mut()
+            .expect("object");
+        for k in [
+            "chain_id",
+            "network",
+            "address",
+            "block_hash",
+            "transaction_index",
+        ] {
+            info.remove(k);
+        }
+        let env = json!({"event_name": "Deposited", "event_data": [item]}).to_string();
+        let e = one(env.as_bytes()).expect("valid");
+        assert_eq!(
+            (
+                e.meta.chain_id,
+                e.meta.address,
+                e.meta.block_hash,
+                e.meta.transaction_index
+            ),
+            (None, None, None, None)
+        );
+        assert_eq!(e.meta.network, None);
+    }
+
+    #[test]
+    fn uint256_forms_are_read_exactly() {
+        let max = "115792089237316195423570985008687907853269984665640564039457584007913129639935";
+        for (v, expected) in [
+            (
+                json!("884249999999017500"),
+                U256::from(884_249_999_999_017_500u64),
+            ),
+            (json!("0xc4574f3e8e4d1fc"), U256::from(0xc4574f3e8e4d1fcu64)),
+            (
+                json!(884_249_999_999_017_500u64),
+                U256::from(884_249_999_999_017_500u64),
+            ),
+            (json!(max), U256::MAX),
+            (
+                serde_json::from_str::<Value>(max).expect("big number"),
+                U256::MAX,
+            ),
+            (json!(format!("0x{}", "f".repeat(64))), U256::MAX),
+            (json!(format!("0x0000{}", "f".repeat(64))), U256::MAX),
+        ] {
+            match with_field("shares", Some(v.clone())).expect("valid").kind {
+                EventKind::Deposited { shares, .. } => assert_eq!(shares, expected, "{v}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ids_with_or_without_prefix_any_case() {
+        for v in [
+            TERM.to_owned(),
+            format!("0x{TERM}"),
+            TERM.to_uppercase(),
+            format!("0X{}", TERM.to_uppercase()),
+        ] {
+            match with_field("termId", Some(json!(v))).expect("valid").kind {
+                EventKind::Deposited { term_id, .. } => {
+                    assert_eq!(term_id.to_string(), format!("0x{TERM}"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for v in [&ADDR[2..], ADDR, &ADDR.to_uppercase()[2..]] {
+            assert!(with_field("receiver", Some(json!(v))).is_ok(), "{v}");
+        }
+    }
+
+    #[test]
+    fn vault_type_forms() {
+        for (v, expected) in [
+            (json!(0), VaultType::Atom),
+            (json!("1"), VaultType::Triple),
+            (json!("0x2"), VaultType::CounterTriple),
+        ] {
+            match with_field("vaultType", Some(v)).expect("valid").kind {
+                EventKind::Deposited { vault_type, .. } => assert_eq!(vault_type, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_shares_total_name_is_accepted() {
+        let mut item = deposited();
+        let v = item
+            .as_object_mut()
+            .expect("object")
+            .remove("totalShares")
+            .expect("present");
+        item["sharesTotal"] = v;
+        assert!(one(&envelope("Deposited", json!([item]))).is_ok());
+    }
+
+    #[test]
+    fn every_core_event_decodes() {
+        let atom = json!({"creator": ADDR, "termId": TERM, "atomData": "616c696365", "atomWallet": ADDR, "transaction_information": info()});
+        let triple = json!({"creator": ADDR, "termId": TERM, "subjectId": TERM, "predicateId": TERM, "objectId": TERM, "transaction_information": info()});
+        let redeemed = json!({"sender": ADDR, "receiver": ADDR, "termId": TERM, "curveId": "2", "shares": "5", "totalShares": "0", "assets": "4", "fees": "1", "vaultType": "1", "transaction_information": info()});
+        let price = json!({"termId": TERM, "curveId": "1", "sharePrice": "1000000000000000000", "totalAssets": "1000000", "totalShares": "1000000", "vaultType": 2, "transaction_information": info()});
+        let generic =
+            json!({"epoch": "2", "sender": ADDR, "amount": "5", "transaction_information": info()});
+        for (name, item) in [
+            ("AtomCreated", atom),
+            ("TripleCreated", triple),
+            ("Redeemed", redeemed),
+            ("SharePriceChanged", price),
+            ("ProtocolFeeAccrued", generic),
+        ] {
+            let e =
+                one(&envelope(name, json!([item]))).unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert_eq!(e.kind.name(), name);
+        }
+        let with_0x = json!({"creator": ADDR, "termId": TERM, "atomData": "0x616c696365", "atomWallet": ADDR, "transaction_information": info()});
+        match one(&envelope("AtomCreated", json!([with_0x])))
+            .expect("valid")
+            .kind
+        {
+            EventKind::AtomCreated { atom_data, .. } => assert_eq!(atom_data, b"alice"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reorg_notice() {
+        let env = json!({"event_name": "__rindexer_reorg", "network": "intuition",
+            "event_data": [{"type": "reorg", "network": "intuition", "fork_block": "0x51f", "depth": 3}]});
+        match decode_envelope(env.to_string().as_bytes()).expect("valid") {
+            Envelope::Reorg(r) => assert_eq!(
+                r,
+                ReorgNotice {
+                    network: Some("intuition".into()),
+                    fork_block: 1311,
+                    depth: Some(3)
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        let bad = json!({"event_name": "__rindexer_reorg", "event_data": [{"type": "reorg"}]});
+        assert!(matches!(
+            decode_envelope(bad.to_string().as_bytes()),
+            Err(EnvelopeError::Reorg(_))
+        ));
+    }
+
+    // ---- bad input: one test per kind --------------------------------------------------------
+
+    #[test]
+    fn envelope_invalid_json() {
+        assert!(matches!(
+            decode_envelope(b"{\"event_name\": "),
+            Err(EnvelopeError::Json(_))
+        ));
+        assert!(matches!(
+            decode_envelope(b"\xff\xfe"),
+            Err(EnvelopeError::Json(_))
+        ));
+        assert_eq!(
+            decode_envelope(b"[1,2]").expect_err("array"),
+            EnvelopeError::NotAnObject
+        );
+    }
+
+    #[test]
+    fn envelope_deeply_nested_json_is_rejected_not_a_crash() {
+        let deep = format!(
+            "{{\"event_name\":\"X\",\"event_data\":{}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert!(matches!(
+            decode_envelope(deep.as_bytes()),
+            Err(EnvelopeError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn envelope_without_event_name() {
+        let e = decode_envelope(json!({"event_data": []}).to_string().as_bytes())
+            .expect_err("rejected");
+        assert_eq!(e, EnvelopeError::EventName(Problem::Missing));
+        assert_eq!(e.to_string(), "field `event_name`: missing");
+        let e = decode_envelope(
+            json!({"event_name": 5, "event_data": []})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect_err("rejected");
+        assert!(matches!(
+            e,
+            EnvelopeError::EventName(Problem::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn envelope_event_data_neither_array_nor_object() {
+        for data in [json!("x"), json!(5), Value::Null] {
+            let e = decode_envelope(&envelope("Deposited", data)).expect_err("rejected");
+            assert!(matches!(e, EnvelopeError::EventData(_)), "{e}");
+        }
+        let e = decode_envelope(json!({"event_name": "Deposited"}).to_string().as_bytes())
+            .expect_err("rejected");
+        assert_eq!(e, EnvelopeError::EventData(Problem::Missing));
+    }
+
+    #[test]
+    fn item_not_an_object() {
+        let items = items(&envelope("Deposited", json!([5, deposited()])));
+        assert!(items[0].is_err());
+        assert!(
+            items[1].is_ok(),
+            "the good item of the same envelope still decodes"
+        );
+    }
+
+    #[test]
+    fn missing_field() {
+        assert_eq!(problem("termId", None), Problem::Missing);
+        assert_eq!(problem("assets", Some(Value::Null)), Problem::Missing);
+        assert_eq!(
+            problem("transaction_information.transaction_hash", None),
+            Problem::Missing
+        );
+        assert_eq!(
+            problem("transaction_information.log_index", None),
+            Problem::Missing
+        );
+        let mut item = deposited();
+        item.as_object_mut()
+            .expect("object")
+            .remove("transaction_information");
+        assert_eq!(
+            one(&envelope("Deposited", json!([item])))
+                .expect_err("rejected")
+                .field,
+            "transaction_information"
+        );
+    }
+
+    #[test]
+    fn wrong_json_type() {
+        assert!(matches!(
+            problem("termId", Some(json!(5))),
+            Problem::WrongType { .. }
+        ));
+        assert!(matches!(
+            problem("assets", Some(json!(true))),
+            Problem::WrongType { .. }
+        ));
+        assert!(matches!(
+            problem("assets", Some(json!([1]))),
+            Problem::WrongType { .. }
+        ));
+    }
+
+    #[test]
+    fn not_an_integer() {
+        for v in [
+            json!("-5"),
+            json!(-5),
+            json!("1.5"),
+            json!(1.5),
+            json!("1e18"),
+            json!(""),
+            json!("0x"),
+            json!(" 5"),
+            json!("+5"),
+            json!("0xzz"),
+        ] {
+            assert!(
+                matches!(problem("assets", Some(v.clone())), Problem::NotAnInteger(_)),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn uint256_out_of_range() {
+        let over = "115792089237316195423570985008687907853269984665640564039457584007913129639936";
+        assert!(matches!(
+            problem("assets", Some(json!(over))),
+            Problem::OutOfRange { .. }
+        ));
+        let over_number: Value = serde_json::from_str(over).expect("big number");
+        assert!(matches!(
+            problem("assets", Some(over_number)),
+            Problem::OutOfRange { .. }
+        ));
+        assert!(matches!(
+            problem("assets", Some(json!(format!("0x1{}", "0".repeat(64))))),
+            Problem::OutOfRange { .. }
+        ));
+    }
+
+    #[test]
+    fn int64_out_of_range() {
+        for path in [
+            "transaction_information.log_index",
+            "transaction_information.block_number",
+            "transaction_information.transaction_index",
+        ] {
+            assert!(
+                matches!(
+                    problem(path, Some(json!("9223372036854775808"))),
+                    Problem::OutOfRange { .. }
+                ),
+                "{path}"
+            );
+        }
+        assert!(with_field(
+            "transaction_information.log_index",
+            Some(json!("9223372036854775807"))
+        )
+        .is_ok());
+        assert!(matches!(
+            problem(
+                "transaction_information.block_timestamp",
+                Some(json!("0xffffffffffff"))
+            ),
+            Problem::OutOfRange { .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_hex_length() {
+        assert_eq!(
+            problem("termId", Some(json!(&TERM[1..]))),
+            Problem::HexLength {
+                expected: 64,
+                got: 63
+            }
+        );
+        assert_eq!(
+            problem("receiver", Some(json!(format!("{ADDR}00")))),
+            Problem::HexLength {
+                expected: 40,
+                got: 42
+            }
+        );
+        assert!(matches!(
+            problem(
+                "transaction_information.transaction_hash",
+                Some(json!("0x1234"))
+            ),
+            Problem::HexLength { .. }
+        ));
+    }
+
+    #[test]
+    fn not_hex() {
+        assert_eq!(
+            problem("termId", Some(json!("g".repeat(64)))),
+            Problem::NotHex
+        );
+        let atom = json!({"creator": ADDR, "termId": TERM, "atomData": "abc", "atomWallet": ADDR, "transaction_information": info()});
+        assert_eq!(
+            one(&envelope("AtomCreated", json!([atom])))
+                .expect_err("odd digits")
+                .problem,
+            Problem::NotHex
+        );
+    }
+
+    #[test]
+    fn unknown_vault_type() {
+        assert_eq!(
+            problem("vaultType", Some(json!(3))),
+            Problem::UnknownVaultType(3)
+        );
+        assert_eq!(
+            problem("vaultType", Some(json!("256"))),
+            Problem::UnknownVaultType(256)
+        );
+    }
+
+    #[test]
+    fn bad_item_keeps_the_good_items_and_itself() {
+        let mut bad = deposited();
+        bad["termId"] = json!("nope");
+        let items = items(&envelope(
+            "Deposited",
+            json!([deposited(), bad.clone(), deposited()]),
+        ));
+        assert!(items[0].is_ok() && items[2].is_ok());
+        let err = items[1].as_ref().expect_err("bad");
+        assert_eq!((err.index, err.item.clone()), (1, bad));
+        assert_eq!(
+            err.to_string(),
+            "item 1: field `termId`: expected 64 hex digits, got 4"
+        );
+    }
+
+    #[test]
+    fn generic_events_need_only_a_valid_identity() {
+        let mut item = json!({"epoch": "x", "anything": [1, {"deep": true}], "transaction_information": info()});
+        item["transaction_information"]["chain_id"] = json!("not a number");
+        let e = one(&envelope("ProtocolFeeAccrued", json!([item.clone()])))
+            .expect("generic is lenient");
+        assert_eq!(e.meta.chain_id, None);
+        match e.kind {
+            EventKind::Generic {
+                event_name,
+                payload,
+            } => {
+                assert_eq!(event_name, "ProtocolFeeAccrued");
+                assert_eq!(serde_json::from_str::<Value>(&payload).expect("json"), item);
+            }
+            other => panic!("{other:?}"),
+        }
+        item["transaction_information"]["transaction_hash"] = json!("0x12");
+        assert!(one(&envelope("ProtocolFeeAccrued", json!([item]))).is_err());
+    }
+
+    #[test]
+    fn core_event_with_a_bad_optional_meta_field_is_rejected() {
+        assert!(matches!(
+            problem("transaction_information.chain_id", Some(json!("abc"))),
+            Problem::NotAnInteger(_)
+        ));
+    }
+}
