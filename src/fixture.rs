@@ -277,6 +277,7 @@ impl Chain {
         *bal
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deposited_log(
         sender: Address,
         receiver: Address,

@@ -10,7 +10,7 @@
 //! permutation of the same events gives the same rows, and a repeated identity is ignored.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use primitive_types::U256;
 
@@ -607,9 +607,7 @@ enum Flow {
 /// A content fingerprint of an event, for telling a redelivery from a conflicting reuse of an
 /// identity. Fixed seed: the same event always has the same fingerprint.
 fn fingerprint(event: &Event) -> u64 {
-    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
-    event.hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(event)
 }
 
 /// Folds `events` into a fresh state and refreshes the analytics: the reference result.

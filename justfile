@@ -1,0 +1,35 @@
+# Everyday recipes. `just` lists them.
+
+default:
+    @just --list
+
+# Run the service against local Postgres and Redis (see README for settings).
+sync *ARGS:
+    cargo run --release -- sync {{ARGS}}
+
+# The test suite (needs local Postgres and Redis), as CI runs it.
+test:
+    cargo test --all-targets
+
+# Everything CI checks: format, lints, tests.
+ci:
+    bash .ci/run
+
+# Criterion benches of decoding and the fold on the recorded fixture.
+bench-fold:
+    cargo bench --bench fold
+
+# Regenerate the small recorded fixture used by the tests (deterministic).
+fixture-small:
+    cargo run --release -- fixture --events 3000 --accounts 120 --terms 250 --seed 7 -o tests/fixtures/small.jsonl
+
+# Generate a large fixture on demand (not committed): just fixture-large 1000000
+fixture-large EVENTS="1000000":
+    mkdir -p fixtures-large
+    cargo run --release -- fixture --events {{EVENTS}} --accounts 20000 --terms 60000 --seed 42 -o fixtures-large/events-{{EVENTS}}.jsonl
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo clippy --all-targets -- -D warnings
