@@ -4,6 +4,9 @@
 //! Data flows stream → [`ingest`] (decode) → [`domain`] (fold) → store → publish → analytics.
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod config;
 pub mod domain;
 pub mod fixture;
 pub mod ingest;
+pub mod store;
+pub mod sync;

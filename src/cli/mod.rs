@@ -3,6 +3,10 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod fixture;
+mod publish;
+mod sync;
+
+use redis_postgres_sync::config::{Connections, SyncSettings};
 
 /// Keeps PostgreSQL in step with Intuition MultiVault events that rindexer publishes to Redis
 /// streams: an event log, base state (atom, triple, position, vault, term) and triple-level
@@ -34,11 +38,24 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: consume the input streams into PostgreSQL until SIGINT/SIGTERM.
+    ///
+    /// Reads with a consumer group, folds each batch into the derived state, commits the event
+    /// log, the changed base rows and the progress in one transaction, then publishes changed
+    /// term ids to TERM_UPDATES_STREAM and acknowledges. Runs migrations first.
+    Sync(SyncSettings),
+    /// Create the database if missing and apply pending migrations, then exit.
+    Migrate(Connections),
     /// Generate a realistic, deterministic event history as rindexer JSON lines.
     ///
     /// The history follows the MultiVault contract's emission order per transaction and keeps
     /// vault totals, prices and balances consistent. Same seed and knobs, same bytes.
     Fixture(fixture::FixtureArgs),
+    /// Push a JSON-lines fixture into a Redis stream (field `payload`), pipelined.
+    ///
+    /// With --shuffle and --duplicate-share it replays the delivery faults the service must
+    /// absorb: any order, some entries twice.
+    Publish(publish::PublishArgs),
 }
 
 pub fn init_telemetry(args: &LogArgs) {
@@ -56,5 +73,32 @@ pub fn init_telemetry(args: &LogArgs) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Fixture(args) => fixture::run(args),
+        Command::Publish(args) => runtime()?.block_on(publish::run(args)),
+        Command::Sync(settings) => {
+            invalid_setting(settings.validate());
+            runtime()?.block_on(sync::run(settings))
+        }
+        Command::Migrate(connections) => {
+            invalid_setting(redis_postgres_sync::config::validate_connections(
+                &connections,
+            ));
+            runtime()?.block_on(sync::migrate(connections))
+        }
     }
+}
+
+/// Exits with status 2 and clap's usage error format when a setting is invalid.
+fn invalid_setting(check: Result<(), String>) {
+    if let Err(message) = check {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit();
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

@@ -179,11 +179,57 @@ pub struct State {
     /// Triples whose analytics are stale: set by `apply`, cleared by `refresh_analytics`.
     stale_triples: Set<TermId>,
     conflicts: u64,
+    /// When set, this state is shard `.0` of `.1` and keeps only the terms it owns.
+    shard: Option<(u64, u64)>,
+    /// Whether the triple-level tables are maintained (the sync service leaves them to the
+    /// analytics consumer).
+    skip_analytics: bool,
+}
+
+/// The shard of `count` that owns `term` (terms are keccak hashes, so any 8 bytes are uniform).
+pub fn shard_of(term: &TermId, count: u64) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&term.0[..8]);
+    u64::from_le_bytes(b) % count.max(1)
 }
 
 impl State {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Shard `index` of `count`: keeps the base rows of the terms it owns ([`shard_of`]), and no
+    /// triple-level tables (they need vaults of two shards). Route each event to the shard of its
+    /// term, and call [`link_counter`](Self::link_counter) on the counter term's shard for every
+    /// TripleCreated.
+    pub fn shard(index: u64, count: u64) -> Self {
+        Self {
+            shard: Some((index, count)),
+            skip_analytics: true,
+            ..Self::default()
+        }
+    }
+
+    /// A state that keeps the base tables only (atom, triple, position, vault, term).
+    pub fn base_only() -> Self {
+        Self {
+            skip_analytics: true,
+            ..Self::default()
+        }
+    }
+
+    fn owns(&self, term: &TermId) -> bool {
+        self.shard.is_none_or(|(i, n)| shard_of(term, n) == i)
+    }
+
+    /// Marks `counter` as the counter term of triple `pro` (what TripleCreated does to the
+    /// counter term). Idempotent. Only needed when the counter term lives in another shard.
+    pub fn link_counter(&mut self, pro: TermId, counter: TermId, changes: &mut Changes) {
+        let term = self.terms.entry(counter).or_default();
+        if term.counter_of != Some(pro) {
+            term.counter_of = Some(pro);
+            changes.terms.insert(counter);
+        }
     }
 
     /// Number of distinct events applied.
@@ -352,10 +398,14 @@ impl State {
             changes.triples.insert(id);
         }
         self.terms.entry(id).or_default().is_triple = true;
-        self.terms.entry(counter).or_default().counter_of = Some(id);
         changes.terms.insert(id);
-        changes.terms.insert(counter);
-        self.stale_triples.insert(id);
+        if self.owns(&counter) {
+            self.terms.entry(counter).or_default().counter_of = Some(id);
+            changes.terms.insert(counter);
+        }
+        if !self.skip_analytics {
+            self.stale_triples.insert(id);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -412,6 +462,9 @@ impl State {
     fn touch_vault(&mut self, term_id: TermId, curve_id: U256, changes: &mut Changes) {
         changes.vaults.insert((term_id, curve_id));
         changes.terms.insert(term_id);
+        if self.skip_analytics {
+            return;
+        }
         if let Some(term) = self.terms.get(&term_id) {
             if term.is_triple {
                 self.stale_triples.insert(term_id);

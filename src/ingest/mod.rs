@@ -1,2 +1,4 @@
 //! Input side: decoding rindexer envelopes.
 pub mod decode;
+pub mod publish;
+pub mod stream;

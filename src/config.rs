@@ -1,0 +1,122 @@
+//! Settings of SPEC §7: one clap layer, each flag with its environment variable, validated at
+//! start. Passed explicitly to whatever needs them.
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// Default `DATABASE_URL`: the local server with trust auth, database `redis_postgres_sync`
+/// (created on first start if missing).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/redis_postgres_sync";
+
+/// Connections and stream names shared by every subcommand that talks to Redis and Postgres.
+#[derive(Debug, Clone, Args)]
+pub struct Connections {
+    /// Redis server URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// PostgreSQL URL. The database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, hide_default_value = false)]
+    pub database_url: String,
+}
+
+/// Settings of the `sync` service.
+#[derive(Debug, Clone, Args)]
+pub struct SyncSettings {
+    #[command(flatten)]
+    pub connections: Connections,
+    /// Input streams, comma-separated.
+    #[arg(
+        long,
+        env = "REDIS_STREAMS",
+        default_value = "rindexer_producer",
+        value_delimiter = ','
+    )]
+    pub redis_streams: Vec<String>,
+    /// Consumer group on the input streams (created from id 0 if missing).
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "postgres-sync")]
+    pub consumer_group: String,
+    /// Consumer name within the group [default: consumer-<random uuid>].
+    #[arg(long, env = "CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+    /// Stream entries read per batch; a batch is one transaction.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// How long a read waits for the first entry of a batch, in milliseconds.
+    #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub batch_timeout_ms: u64,
+    /// Threads folding a batch, each owning a share of the terms (results do not depend on it).
+    #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: u32,
+    /// A batch not committed within this time is abandoned and retried; entries pending this
+    /// long with another consumer are claimed. Milliseconds.
+    #[arg(long, env = "PROCESSING_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub processing_timeout_ms: u64,
+    /// Retries of a failed database or Redis operation before the pipeline restarts.
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_retries: u32,
+    /// Stream that receives the ids of changed terms, for the analytics consumer.
+    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = "term_updates")]
+    pub term_updates_stream: String,
+}
+
+impl SyncSettings {
+    /// Checks what clap cannot: names the bad setting in the error.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_connections(&self.connections)?;
+        if self.redis_streams.is_empty() || self.redis_streams.iter().any(|s| s.trim().is_empty()) {
+            return Err("REDIS_STREAMS: expected one or more comma-separated stream names, got an empty name".into());
+        }
+        if self.consumer_group.trim().is_empty() {
+            return Err("CONSUMER_GROUP: must not be empty".into());
+        }
+        if self
+            .consumer_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err("CONSUMER_NAME: must not be empty".into());
+        }
+        if self.term_updates_stream.trim().is_empty() {
+            return Err("TERM_UPDATES_STREAM: must not be empty".into());
+        }
+        if self.redis_streams.contains(&self.term_updates_stream) {
+            return Err(format!(
+                "TERM_UPDATES_STREAM: {:?} is also an input stream in REDIS_STREAMS",
+                self.term_updates_stream
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn consumer(&self) -> String {
+        self.consumer_name
+            .clone()
+            .unwrap_or_else(|| format!("consumer-{}", uuid::Uuid::new_v4()))
+    }
+
+    pub fn batch_timeout(&self) -> Duration {
+        Duration::from_millis(self.batch_timeout_ms)
+    }
+
+    pub fn processing_timeout(&self) -> Duration {
+        Duration::from_millis(self.processing_timeout_ms)
+    }
+}
+
+pub fn validate_connections(c: &Connections) -> Result<(), String> {
+    if !(c.database_url.starts_with("postgres://") || c.database_url.starts_with("postgresql://")) {
+        return Err("DATABASE_URL: expected a postgres:// or postgresql:// URL".into());
+    }
+    if redis::Client::open(c.redis_url.as_str()).is_err() {
+        return Err(
+            "REDIS_URL: not a valid Redis URL (redis://host:port, rediss://… or unix://…)".into(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! The Redis side of ingestion: the consumer group on the input streams (create, re-read own
+//! pending entries, claim dead consumers' entries, read new ones, acknowledge), dead-lettering,
+//! and publishing term updates.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, Value};
+
+/// Entry fields that may hold the envelope JSON, in order of preference (SPEC §1).
+pub const PAYLOAD_FIELDS: [&str; 3] = ["payload", "event_data", "data"];
+
+/// One stream entry as read.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub stream: String,
+    pub id: String,
+    /// The envelope JSON; `None` when the entry has none of [`PAYLOAD_FIELDS`] (or was deleted
+    /// from the stream while pending).
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Entry {
+    fn from_stream_id(stream: &str, s: StreamId) -> Self {
+        let payload = PAYLOAD_FIELDS.iter().find_map(|f| match s.map.get(*f) {
+            Some(Value::BulkString(b)) => Some(b.clone()),
+            Some(Value::SimpleString(t)) => Some(t.clone().into_bytes()),
+            _ => None,
+        });
+        Entry {
+            stream: stream.to_owned(),
+            id: s.id,
+            payload,
+        }
+    }
+}
+
+/// The dead-letter stream of `stream` (SPEC §4).
+pub fn dlq_stream(stream: &str) -> String {
+    format!("{stream}:dlq")
+}
+
+/// Opens a multiplexed connection with no response timeout (blocking reads wait longer than the
+/// client's default 500 ms).
+pub async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
+    let client = Client::open(url).context("invalid REDIS_URL")?;
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .context("connecting to Redis")
+}
+
+/// A consumer in a group over several streams.
+#[allow(missing_debug_implementations)] // holds a connection
+pub struct GroupReader {
+    conn: MultiplexedConnection,
+    pub streams: Vec<String>,
+    pub group: String,
+    pub consumer: String,
+    /// Streams whose own pending entries have not all been re-read, with the id to read after.
+    history_left: Vec<(String, String)>,
+    /// Next XAUTOCLAIM start id per stream in the current round; `None` once scanned to the end.
+    claim_cursor: HashMap<String, Option<String>>,
+}
+
+impl GroupReader {
+    /// Creates the group on every stream (from id 0, with MKSTREAM) if it does not exist.
+    pub async fn new(
+        mut conn: MultiplexedConnection,
+        streams: Vec<String>,
+        group: String,
+        consumer: String,
+    ) -> anyhow::Result<Self> {
+        for s in &streams {
+            ensure_group(&mut conn, s, &group).await?;
+        }
+        Ok(Self {
+            conn,
+            history_left: streams
+                .iter()
+                .map(|s| (s.clone(), "0".to_owned()))
+                .collect(),
+            claim_cursor: streams.iter().map(|s| (s.clone(), None)).collect(),
+            streams,
+            group,
+            consumer,
+        })
+    }
+
+    /// Re-reads this consumer's own pending entries (delivered before, never acknowledged), one
+    /// page at a time, from a cursor: call until it returns an empty batch, at start and after
+    /// [`restart_history`](Self::restart_history).
+    pub async fn read_own_pending(&mut self, count: usize) -> anyhow::Result<Vec<Entry>> {
+        while let Some((stream, cursor)) = self.history_left.first().cloned() {
+            let opts = StreamReadOptions::default()
+                .group(&self.group, &self.consumer)
+                .count(count);
+            let reply: StreamReadReply = self
+                .conn
+                .xread_options(&[&stream], &[&cursor], &opts)
+                .await
+                .with_context(|| format!("reading pending entries of stream {stream}"))?;
+            let ids: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+            match ids.last() {
+                Some(last) if ids.len() >= count => self.history_left[0].1 = last.id.clone(),
+                _ => {
+                    self.history_left.remove(0);
+                }
+            }
+            if !ids.is_empty() {
+                return Ok(ids
+                    .into_iter()
+                    .map(|s| Entry::from_stream_id(&stream, s))
+                    .collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Starts re-reading this consumer's pending list from the beginning (after a failed batch).
+    pub fn restart_history(&mut self) {
+        self.history_left = self
+            .streams
+            .iter()
+            .map(|s| (s.clone(), "0".to_owned()))
+            .collect();
+    }
+
+    /// Whether the current round of [`claim_idle`](Self::claim_idle) has scanned every stream to
+    /// its end (the next call starts a new round).
+    pub fn claims_done(&self) -> bool {
+        self.claim_cursor.values().all(Option::is_none)
+    }
+
+    /// Takes over entries pending for at least `min_idle` with other consumers (dead ones), up
+    /// to `count` per stream, continuing each stream's scan where the last call stopped.
+    pub async fn claim_idle(
+        &mut self,
+        min_idle: Duration,
+        count: usize,
+    ) -> anyhow::Result<Vec<Entry>> {
+        if self.claims_done() {
+            for c in self.claim_cursor.values_mut() {
+                *c = Some("0-0".to_owned());
+            }
+        }
+        let mut out = Vec::new();
+        for stream in self.streams.clone() {
+            let Some(start) = self.claim_cursor.get(&stream).cloned().flatten() else {
+                continue;
+            };
+            let reply: StreamAutoClaimReply = self
+                .conn
+                .xautoclaim_options(
+                    &stream,
+                    &self.group,
+                    &self.consumer,
+                    min_idle.as_millis() as u64,
+                    &start,
+                    StreamAutoClaimOptions::default().count(count),
+                )
+                .await
+                .with_context(|| format!("claiming idle entries of stream {stream}"))?;
+            // "0-0" means the scan reached the end. Entries deleted from the stream while pending
+            // (reply.deleted_ids) are already gone from the pending list: nothing to process.
+            let next = (reply.next_stream_id != "0-0").then_some(reply.next_stream_id);
+            self.claim_cursor.insert(stream.clone(), next);
+            out.extend(
+                reply
+                    .claimed
+                    .into_iter()
+                    .map(|s| Entry::from_stream_id(&stream, s)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Reads new entries, waiting up to `block` for the first one, then topping up without
+    /// waiting until `count` entries or nothing more is there.
+    pub async fn read_new(&mut self, count: usize, block: Duration) -> anyhow::Result<Vec<Entry>> {
+        let mut out = self.read_new_once(count, Some(block)).await?;
+        while !out.is_empty() && out.len() < count {
+            let more = self.read_new_once(count - out.len(), None).await?;
+            if more.is_empty() {
+                break;
+            }
+            out.extend(more);
+        }
+        Ok(out)
+    }
+
+    async fn read_new_once(
+        &mut self,
+        count: usize,
+        block: Option<Duration>,
+    ) -> anyhow::Result<Vec<Entry>> {
+        let mut opts = StreamReadOptions::default()
+            .group(&self.group, &self.consumer)
+            .count(count);
+        if let Some(b) = block {
+            opts = opts.block(b.as_millis().max(1) as usize);
+        }
+        let ids: Vec<&str> = self.streams.iter().map(|_| ">").collect();
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&self.streams, &ids, &opts)
+            .await
+            .with_context(|| format!("reading streams {}", self.streams.join(",")))?;
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| {
+                        k.ids
+                            .into_iter()
+                            .map(move |s| Entry::from_stream_id(&k.key, s))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+async fn ensure_group(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> anyhow::Result<()> {
+    let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => {
+            Err(e).with_context(|| format!("creating consumer group {group} on stream {stream}"))
+        }
+    }
+}
+
+/// Acknowledges entries, grouped by stream, in one pipeline.
+pub async fn ack(
+    conn: &mut MultiplexedConnection,
+    group: &str,
+    entries: &[(String, String)],
+) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (stream, id) in entries {
+        by_stream.entry(stream).or_default().push(id);
+    }
+    let mut pipe = redis::pipe();
+    for (stream, ids) in by_stream {
+        for chunk in ids.chunks(1000) {
+            pipe.xack(stream, group, chunk).ignore();
+        }
+    }
+    pipe.query_async::<()>(conn)
+        .await
+        .context("acknowledging entries")
+}
+
+/// A dead letter: the payload that could not be used and why (SPEC §4).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub source_stream: String,
+    pub source_id: String,
+    pub payload: Vec<u8>,
+    pub error: String,
+}
+
+/// Appends dead letters to their `<stream>:dlq` streams, in one pipeline.
+pub async fn dead_letter(
+    conn: &mut MultiplexedConnection,
+    letters: &[DeadLetter],
+) -> anyhow::Result<()> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for l in letters {
+        pipe.xadd(
+            dlq_stream(&l.source_stream),
+            "*",
+            &[
+                ("payload", l.payload.as_slice()),
+                ("error", l.error.as_bytes()),
+                ("source_stream", l.source_stream.as_bytes()),
+                ("source_id", l.source_id.as_bytes()),
+            ],
+        )
+        .ignore();
+    }
+    pipe.query_async::<()>(conn)
+        .await
+        .context("writing to the dead-letter stream")
+}
+
+/// The field of a term_updates entry: comma-separated term ids.
+pub const TERM_IDS_FIELD: &str = "term_ids";
+/// Term ids per term_updates entry.
+const TERM_IDS_PER_ENTRY: usize = 1000;
+
+/// Publishes changed term ids to the term updates stream.
+pub async fn publish_term_updates(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    term_ids: &[String],
+) -> anyhow::Result<()> {
+    if term_ids.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for chunk in term_ids.chunks(TERM_IDS_PER_ENTRY) {
+        pipe.xadd(stream, "*", &[(TERM_IDS_FIELD, chunk.join(","))])
+            .ignore();
+    }
+    pipe.query_async::<()>(conn)
+        .await
+        .with_context(|| format!("publishing to stream {stream}"))
+}

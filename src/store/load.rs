@@ -1,0 +1,579 @@
+//! Reading back: the whole event log as domain [`Event`]s (to rebuild the in-memory state on
+//! start), and every derived table in a canonical JSON form (to compare with the fold).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use primitive_types::U256;
+use serde_json::Value;
+
+use crate::domain::rows::Tables;
+use crate::domain::{Address, Bytes32, Event, EventKind, EventMeta, VaultType};
+
+#[derive(QueryableByName)]
+struct EventRecord {
+    #[diesel(sql_type = Text)]
+    event_name: String,
+    #[diesel(sql_type = Text)]
+    transaction_hash: String,
+    #[diesel(sql_type = BigInt)]
+    log_index: i64,
+    #[diesel(sql_type = BigInt)]
+    block_number: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    block_hash: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    transaction_index: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    block_timestamp: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    address: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    network: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    chain_id: Option<i64>,
+    /// The event's parameters as a JSON array of strings, in ABI order.
+    #[diesel(sql_type = Text)]
+    params: String,
+}
+
+const META_SELECT: &str =
+    "transaction_hash, log_index, block_number, block_hash, transaction_index, \
+    extract(epoch from block_timestamp)::int8 AS block_timestamp, address, network, chain_id";
+
+/// `(event table, SQL of event_name, SQL of the parameters array)`.
+const EVENT_TABLES: [(&str, &str, &str); 6] = [
+    ("atom_created_events", "'AtomCreated'", "json_build_array(creator, term_id, encode(atom_data, 'hex'), atom_wallet)"),
+    ("triple_created_events", "'TripleCreated'", "json_build_array(creator, term_id, subject_id, predicate_id, object_id)"),
+    (
+        "deposited_events",
+        "'Deposited'",
+        "json_build_array(sender, receiver, term_id, curve_id::text, assets::text, assets_after_fees::text, shares::text, total_shares::text, vault_type)",
+    ),
+    (
+        "redeemed_events",
+        "'Redeemed'",
+        "json_build_array(sender, receiver, term_id, curve_id::text, shares::text, total_shares::text, assets::text, fees::text, vault_type)",
+    ),
+    (
+        "share_price_changed_events",
+        "'SharePriceChanged'",
+        "json_build_array(term_id, curve_id::text, share_price::text, total_assets::text, total_shares::text, vault_type)",
+    ),
+    ("generic_events", "event_name", "json_build_array(payload::text)"),
+];
+
+/// Every event of the event log, optionally only those matching the SQL condition `filter`.
+pub async fn load_events(
+    conn: &mut AsyncPgConnection,
+    filter: Option<&str>,
+) -> anyhow::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    let mut networks: BTreeMap<String, Arc<str>> = BTreeMap::new();
+    for (table, name, params) in EVENT_TABLES {
+        let sql = format!(
+            "SELECT {name} AS event_name, {META_SELECT}, {params}::text AS params FROM {table}{}",
+            filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
+        );
+        let records: Vec<EventRecord> = diesel::sql_query(sql)
+            .load(conn)
+            .await
+            .with_context(|| format!("reading the event log table {table}"))?;
+        events.reserve(records.len());
+        for r in records {
+            let id = format!("{}:{}", r.transaction_hash, r.log_index);
+            events.push(
+                record_to_event(r, &mut networks)
+                    .with_context(|| format!("event {id} of {table}"))?,
+            );
+        }
+    }
+    Ok(events)
+}
+
+fn record_to_event(
+    r: EventRecord,
+    networks: &mut BTreeMap<String, Arc<str>>,
+) -> anyhow::Result<Event> {
+    let params: Vec<String> = serde_json::from_str(&r.params).context("parameters")?;
+    let p = |i: usize| {
+        params
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("parameter {i} missing"))
+    };
+    let b32 = |i: usize| -> anyhow::Result<Bytes32> { Ok(Bytes32(hex_n::<32>(p(i)?)?)) };
+    let addr = |i: usize| -> anyhow::Result<Address> { Ok(Address(hex_n::<20>(p(i)?)?)) };
+    let num = |i: usize| -> anyhow::Result<U256> {
+        U256::from_dec_str(p(i)?).map_err(|e| anyhow!("parameter {i}: {e:?}"))
+    };
+    let vt = |i: usize| -> anyhow::Result<VaultType> {
+        match p(i)? {
+            "Atom" => Ok(VaultType::Atom),
+            "Triple" => Ok(VaultType::Triple),
+            "CounterTriple" => Ok(VaultType::CounterTriple),
+            other => Err(anyhow!("unknown vault type {other:?}")),
+        }
+    };
+    let kind = match r.event_name.as_str() {
+        "AtomCreated" => EventKind::AtomCreated {
+            creator: addr(0)?,
+            term_id: b32(1)?,
+            atom_data: hex::decode(p(2)?).context("atom_data")?,
+            atom_wallet: addr(3)?,
+        },
+        "TripleCreated" => EventKind::TripleCreated {
+            creator: addr(0)?,
+            term_id: b32(1)?,
+            subject_id: b32(2)?,
+            predicate_id: b32(3)?,
+            object_id: b32(4)?,
+        },
+        "Deposited" => EventKind::Deposited {
+            sender: addr(0)?,
+            receiver: addr(1)?,
+            term_id: b32(2)?,
+            curve_id: num(3)?,
+            assets: num(4)?,
+            assets_after_fees: num(5)?,
+            shares: num(6)?,
+            total_shares: num(7)?,
+            vault_type: vt(8)?,
+        },
+        "Redeemed" => EventKind::Redeemed {
+            sender: addr(0)?,
+            receiver: addr(1)?,
+            term_id: b32(2)?,
+            curve_id: num(3)?,
+            shares: num(4)?,
+            total_shares: num(5)?,
+            assets: num(6)?,
+            fees: num(7)?,
+            vault_type: vt(8)?,
+        },
+        "SharePriceChanged" => EventKind::SharePriceChanged {
+            term_id: b32(0)?,
+            curve_id: num(1)?,
+            share_price: num(2)?,
+            total_assets: num(3)?,
+            total_shares: num(4)?,
+            vault_type: vt(5)?,
+        },
+        other => EventKind::Generic {
+            event_name: other.to_owned(),
+            // Canonical JSON text, as the decoder produces it (JSONB reorders keys).
+            payload: serde_json::from_str::<Value>(p(0)?)
+                .context("payload")?
+                .to_string(),
+        },
+    };
+    let network = r.network.map(|n| {
+        networks
+            .entry(n.clone())
+            .or_insert_with(|| Arc::from(n.as_str()))
+            .clone()
+    });
+    Ok(Event {
+        meta: EventMeta {
+            transaction_hash: Bytes32(hex_n::<32>(&r.transaction_hash)?),
+            log_index: r.log_index,
+            block_number: r.block_number,
+            block_timestamp: r.block_timestamp,
+            block_hash: r
+                .block_hash
+                .as_deref()
+                .map(hex_n::<32>)
+                .transpose()?
+                .map(Bytes32),
+            transaction_index: r.transaction_index,
+            address: r
+                .address
+                .as_deref()
+                .map(hex_n::<20>)
+                .transpose()?
+                .map(Address),
+            network,
+            chain_id: r.chain_id,
+        },
+        kind,
+    })
+}
+
+fn hex_n<const N: usize>(s: &str) -> anyhow::Result<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
+        .with_context(|| format!("{s:?} is not {N} bytes of hex"))?;
+    Ok(out)
+}
+
+// ---- derived tables in canonical form ------------------------------------------------------
+
+/// A derived table: its name, the number of key columns, and the SELECT expressions of its
+/// columns in canonical form (numbers as text, times as Unix seconds, bytes as hex).
+#[derive(Debug)]
+pub struct TableShape {
+    pub name: &'static str,
+    pub key_len: usize,
+    pub select: &'static [&'static str],
+}
+
+pub const DERIVED: [TableShape; 9] = [
+    TableShape {
+        name: "atom",
+        key_len: 1,
+        select: &[
+            "term_id",
+            "creator_id",
+            "wallet_id",
+            "data",
+            "encode(raw_data, 'hex')",
+            "block_number",
+            "log_index",
+            "transaction_hash",
+            "extract(epoch from created_at)::int8",
+        ],
+    },
+    TableShape {
+        name: "triple",
+        key_len: 1,
+        select: &[
+            "term_id",
+            "counter_term_id",
+            "creator_id",
+            "subject_id",
+            "predicate_id",
+            "object_id",
+            "block_number",
+            "log_index",
+            "transaction_hash",
+            "extract(epoch from created_at)::int8",
+        ],
+    },
+    TableShape {
+        name: "position",
+        key_len: 3,
+        select: &[
+            "account_id",
+            "term_id",
+            "curve_id::text",
+            "shares::text",
+            "total_deposit_assets_after_total_fees::text",
+            "total_redeem_assets_for_receiver::text",
+            "extract(epoch from created_at)::int8",
+            "extract(epoch from updated_at)::int8",
+        ],
+    },
+    TableShape {
+        name: "vault",
+        key_len: 2,
+        select: &[
+            "term_id",
+            "curve_id::text",
+            "total_shares::text",
+            "current_share_price::text",
+            "total_assets::text",
+            "market_cap::text",
+            "position_count",
+            "vault_type",
+        ],
+    },
+    TableShape {
+        name: "term",
+        key_len: 1,
+        select: &[
+            "id",
+            "type",
+            "atom_id",
+            "triple_id",
+            "total_assets::text",
+            "total_market_cap::text",
+        ],
+    },
+    TableShape {
+        name: "triple_vault",
+        key_len: 3,
+        select: &[
+            "term_id",
+            "counter_term_id",
+            "curve_id::text",
+            "total_shares::text",
+            "total_assets::text",
+            "position_count",
+            "market_cap::text",
+        ],
+    },
+    TableShape {
+        name: "triple_term",
+        key_len: 2,
+        select: &[
+            "term_id",
+            "counter_term_id",
+            "total_assets::text",
+            "total_market_cap::text",
+            "total_position_count",
+        ],
+    },
+    TableShape {
+        name: "predicate_object",
+        key_len: 2,
+        select: &[
+            "predicate_id",
+            "object_id",
+            "triple_count",
+            "total_position_count",
+            "total_market_cap::text",
+        ],
+    },
+    TableShape {
+        name: "subject_predicate",
+        key_len: 2,
+        select: &[
+            "subject_id",
+            "predicate_id",
+            "triple_count",
+            "total_position_count",
+            "total_market_cap::text",
+        ],
+    },
+];
+
+/// Rows of one table in canonical form: key (JSON array text) → whole row.
+pub type CanonicalTable = BTreeMap<String, Vec<Value>>;
+
+#[derive(QueryableByName)]
+struct RowText {
+    #[diesel(sql_type = Text)]
+    row: String,
+}
+
+/// Reads one derived table in canonical form.
+pub async fn load_table(
+    conn: &mut AsyncPgConnection,
+    shape: &TableShape,
+) -> anyhow::Result<CanonicalTable> {
+    let sql = format!(
+        "SELECT json_build_array({})::text AS row FROM {}",
+        shape.select.join(", "),
+        shape.name
+    );
+    let rows: Vec<RowText> = diesel::sql_query(sql)
+        .load(conn)
+        .await
+        .with_context(|| format!("reading table {}", shape.name))?;
+    rows.into_iter()
+        .map(|r| {
+            let row: Vec<Value> =
+                serde_json::from_str(&r.row).with_context(|| format!("a row of {}", shape.name))?;
+            Ok((Value::Array(row[..shape.key_len].to_vec()).to_string(), row))
+        })
+        .collect()
+}
+
+/// The fold's tables in the same canonical form, table by table in [`DERIVED`] order.
+pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
+    fn s<T: ToString>(v: T) -> Value {
+        Value::String(v.to_string())
+    }
+    fn n(v: i64) -> Value {
+        Value::from(v)
+    }
+    fn t(v: Option<i64>) -> Value {
+        v.map_or(Value::Null, Value::from)
+    }
+    fn o<T: ToString>(v: Option<T>) -> Value {
+        v.map_or(Value::Null, |x| s(x))
+    }
+    fn keyed(shape: &TableShape, rows: impl Iterator<Item = Vec<Value>>) -> CanonicalTable {
+        rows.map(|row| (Value::Array(row[..shape.key_len].to_vec()).to_string(), row))
+            .collect()
+    }
+    let a = |addr: &Address| Value::String(addr.to_checksum());
+    vec![
+        keyed(
+            &DERIVED[0],
+            tables.atom.values().map(|r| {
+                vec![
+                    s(r.term_id),
+                    a(&r.creator_id),
+                    a(&r.wallet_id),
+                    o(r.data.as_ref()),
+                    s(hex::encode(&r.raw_data)),
+                    n(r.block_number),
+                    n(r.log_index),
+                    s(r.transaction_hash),
+                    t(r.created_at),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[1],
+            tables.triple.values().map(|r| {
+                vec![
+                    s(r.term_id),
+                    s(r.counter_term_id),
+                    a(&r.creator_id),
+                    s(r.subject_id),
+                    s(r.predicate_id),
+                    s(r.object_id),
+                    n(r.block_number),
+                    n(r.log_index),
+                    s(r.transaction_hash),
+                    t(r.created_at),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[2],
+            tables.position.values().map(|r| {
+                vec![
+                    a(&r.account_id),
+                    s(r.term_id),
+                    s(r.curve_id),
+                    s(r.shares),
+                    s(r.total_deposit_assets_after_total_fees),
+                    s(r.total_redeem_assets_for_receiver),
+                    t(r.created_at),
+                    t(r.updated_at),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[3],
+            tables.vault.values().map(|r| {
+                vec![
+                    s(r.term_id),
+                    s(r.curve_id),
+                    s(r.total_shares),
+                    s(r.current_share_price),
+                    s(r.total_assets),
+                    s(r.market_cap),
+                    n(r.position_count),
+                    s(r.vault_type.as_str()),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[4],
+            tables.term.values().map(|r| {
+                vec![
+                    s(r.id),
+                    s(r.term_type.as_str()),
+                    o(r.atom_id),
+                    o(r.triple_id),
+                    s(r.total_assets),
+                    s(r.total_market_cap),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[5],
+            tables.triple_vault.values().map(|r| {
+                vec![
+                    s(r.term_id),
+                    s(r.counter_term_id),
+                    s(r.curve_id),
+                    s(r.total_shares),
+                    s(r.total_assets),
+                    n(r.position_count),
+                    s(r.market_cap),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[6],
+            tables.triple_term.values().map(|r| {
+                vec![
+                    s(r.term_id),
+                    s(r.counter_term_id),
+                    s(r.total_assets),
+                    s(r.total_market_cap),
+                    n(r.total_position_count),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[7],
+            tables.predicate_object.values().map(|r| {
+                vec![
+                    s(r.key.0),
+                    s(r.key.1),
+                    n(r.triple_count),
+                    n(r.total_position_count),
+                    s(r.total_market_cap),
+                ]
+            }),
+        ),
+        keyed(
+            &DERIVED[8],
+            tables.subject_predicate.values().map(|r| {
+                vec![
+                    s(r.key.0),
+                    s(r.key.1),
+                    n(r.triple_count),
+                    n(r.total_position_count),
+                    s(r.total_market_cap),
+                ]
+            }),
+        ),
+    ]
+}
+
+/// How a stored table differs from the expected one.
+#[derive(Debug, Default, Clone)]
+pub struct TableDiff {
+    pub table: &'static str,
+    pub checked: usize,
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub differing: Vec<(Vec<Value>, Vec<Value>)>,
+}
+
+impl TableDiff {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.differing.is_empty()
+    }
+}
+
+/// Compares `stored` with `expected`, row by row.
+pub fn diff(table: &'static str, expected: &CanonicalTable, stored: &CanonicalTable) -> TableDiff {
+    let mut d = TableDiff {
+        table,
+        checked: expected.len().max(stored.len()),
+        ..TableDiff::default()
+    };
+    for (k, row) in expected {
+        match stored.get(k) {
+            None => d.missing.push(k.clone()),
+            Some(s) if s != row => d.differing.push((row.clone(), s.clone())),
+            Some(_) => {}
+        }
+    }
+    d.extra = stored
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .cloned()
+        .collect();
+    d
+}
+
+/// Compares every derived table (or only those named in `only`) with `expected`.
+pub async fn compare(
+    conn: &mut AsyncPgConnection,
+    expected: &Tables,
+    only: &[&str],
+) -> anyhow::Result<Vec<TableDiff>> {
+    let want = canonical(expected);
+    let mut out = Vec::new();
+    for (shape, expected) in DERIVED.iter().zip(&want) {
+        if !only.is_empty() && !only.contains(&shape.name) {
+            continue;
+        }
+        let stored = load_table(conn, shape).await?;
+        out.push(diff(shape.name, expected, &stored));
+    }
+    Ok(out)
+}

@@ -1,0 +1,244 @@
+//! PostgreSQL: the only module that knows SQL. Connection pool, embedded migrations, the batch
+//! transaction (event log + changed rows + progress + outbox), and reading back.
+//!
+//! **Architecture Invariant:** a batch is one transaction; its progress rows and its outbox row
+//! commit with its data or not at all.
+
+pub mod load;
+pub mod rows;
+pub mod rowset;
+pub mod schema;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::sql_types::{Array, BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::pooled_connection::bb8::Pool as Bb8Pool;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use rowset::RowSet;
+
+/// The schema, embedded in the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub type Pool = Bb8Pool<AsyncPgConnection>;
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The database name of a `postgres://…/name?…` URL, and the same URL naming `other` instead.
+fn database_of(url: &str, other: &str) -> Option<(String, String)> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let (prefix, name) = base.rsplit_once('/')?;
+    if name.is_empty() || prefix.ends_with('/') {
+        return None;
+    }
+    let swapped = format!(
+        "{prefix}/{other}{}",
+        query.map(|q| format!("?{q}")).unwrap_or_default()
+    );
+    Some((name.to_owned(), swapped))
+}
+
+/// Creates the database named in `url` if it does not exist (connecting to `postgres` to do
+/// so), so the default settings work on a fresh machine.
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    match AsyncPgConnection::establish(url).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("does not exist") => {
+            let (name, admin_url) =
+                database_of(url, "postgres").context("DATABASE_URL names no database")?;
+            let mut admin = AsyncPgConnection::establish(&admin_url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to {} to create database {name}",
+                        redact(&admin_url)
+                    )
+                })?;
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
+                .execute(&mut admin)
+                .await
+            {
+                Ok(_) => tracing::info!(database = %name, "created database"),
+                // Another process created it meanwhile.
+                Err(e) if e.to_string().contains("already exists") => {}
+                Err(e) => return Err(e).with_context(|| format!("creating database {name}")),
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("connecting to {}", redact(url))),
+    }
+}
+
+/// A pool of `size` connections to `url`.
+pub async fn pool(url: &str, size: u32) -> anyhow::Result<Pool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Bb8Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10))
+        .build(manager)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))
+}
+
+/// Runs pending migrations; returns the versions applied.
+pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
+    let conn = AsyncPgConnection::establish(url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?;
+    Ok(applied.iter().map(|v| v.to_string()).collect())
+}
+
+/// What one stream contributed to a batch.
+#[derive(Debug, Clone)]
+pub struct StreamProgress {
+    pub stream: String,
+    pub last_entry_id: String,
+    pub entries: i64,
+}
+
+/// Everything a batch writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct BatchWrite {
+    pub rows: Vec<RowSet>,
+    pub progress: Vec<StreamProgress>,
+    /// Term ids to publish after commit (written to the outbox in the same transaction).
+    pub term_updates: Vec<String>,
+}
+
+/// Commits a batch; returns the outbox row id when there are term updates to publish.
+pub async fn commit(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    batch: &BatchWrite,
+) -> anyhow::Result<Option<i64>> {
+    conn.transaction(async |conn| {
+        for rows in &batch.rows {
+            let table = rows.table;
+            rows.write(conn).await.with_context(|| format!("writing table {table}"))?;
+        }
+        if !batch.progress.is_empty() {
+            let (streams, ids, counts): (Vec<_>, Vec<_>, Vec<_>) = batch
+                .progress
+                .iter()
+                .map(|p| (p.stream.clone(), p.last_entry_id.clone(), p.entries))
+                .fold((vec![], vec![], vec![]), |(mut a, mut b, mut c), (x, y, z)| {
+                    a.push(x);
+                    b.push(y);
+                    c.push(z);
+                    (a, b, c)
+                });
+            // Conflict target: one progress row per (consumer_group, stream).
+            diesel::sql_query(
+                "INSERT INTO sync_progress (consumer_group, stream, last_entry_id, entries_total, updated_at) \
+                 SELECT $1, u.stream, u.id, u.n, now() FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(stream, id, n) \
+                 ON CONFLICT (consumer_group, stream) DO UPDATE SET last_entry_id = EXCLUDED.last_entry_id, \
+                 entries_total = sync_progress.entries_total + EXCLUDED.entries_total, updated_at = now()",
+            )
+            .bind::<Text, _>(group)
+            .bind::<Array<Text>, _>(streams)
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Array<BigInt>, _>(counts)
+            .execute(conn)
+            .await
+            .context("writing sync_progress")?;
+        }
+        if batch.term_updates.is_empty() {
+            return Ok(None);
+        }
+        let id: IdRow = diesel::sql_query("INSERT INTO term_update_outbox (term_ids) VALUES ($1) RETURNING id")
+            .bind::<Array<Text>, _>(&batch.term_updates)
+            .get_result(conn)
+            .await
+            .context("writing term_update_outbox")?;
+        Ok(Some(id.id))
+    })
+    .await
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName, Debug)]
+pub struct OutboxRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Array<Text>)]
+    pub term_ids: Vec<String>,
+}
+
+/// Outbox rows committed but not yet published (after a crash), oldest first.
+pub async fn unpublished(conn: &mut AsyncPgConnection) -> anyhow::Result<Vec<OutboxRow>> {
+    diesel::sql_query("SELECT id, term_ids FROM term_update_outbox ORDER BY id")
+        .load(conn)
+        .await
+        .context("reading term_update_outbox")
+}
+
+/// Forgets an outbox row once its term ids are published.
+pub async fn published(conn: &mut AsyncPgConnection, id: i64) -> anyhow::Result<()> {
+    diesel::sql_query("DELETE FROM term_update_outbox WHERE id = $1")
+        .bind::<BigInt, _>(id)
+        .execute(conn)
+        .await
+        .context("deleting from term_update_outbox")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact("redis://:pw@127.0.0.1:6379"),
+            "redis://:***@127.0.0.1:6379"
+        );
+        assert_eq!(redact("postgres://u:p@ss:w@h/x"), "postgres://u:***@h/x");
+    }
+
+    #[test]
+    fn database_name_is_swapped() {
+        assert_eq!(
+            database_of("postgres://u@h:5432/app?sslmode=disable", "postgres"),
+            Some((
+                "app".into(),
+                "postgres://u@h:5432/postgres?sslmode=disable".into()
+            ))
+        );
+        assert_eq!(database_of("postgres://u@h:5432", "postgres"), None);
+    }
+}

@@ -1,0 +1,495 @@
+//! The `sync` service: Redis consumer group → fold → one Postgres transaction per batch → XACK.
+//!
+//! Two tasks joined by a one-slot channel, so Postgres commits batch N while batch N+1 is read,
+//! decoded and folded:
+//!
+//! - the **reader** re-reads this consumer's pending entries, claims idle entries of dead
+//!   consumers, then reads new ones; it decodes them and folds them into the sharded state,
+//!   producing the rows the batch changes;
+//! - the **writer** commits each batch (event log, changed rows, progress, outbox) in one
+//!   transaction, then publishes the term updates, dead-letters bad input and acknowledges.
+//!
+//! **Architecture Invariant:** the in-memory state is a fold of the committed event log plus the
+//! batches in flight. Any failure tears the pipeline down and rebuilds the state from Postgres, so
+//! a batch that did not commit leaves no trace anywhere; its entries, never acknowledged, are read
+//! again from the pending list.
+
+pub mod shards;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::SyncSettings;
+use crate::domain::Event;
+use crate::ingest::decode::{decode_envelope, Envelope};
+use crate::ingest::stream::{self, DeadLetter, Entry, GroupReader};
+use crate::store::{self, BatchWrite, Pool, StreamProgress};
+use shards::Shards;
+
+/// Counters of a running sync, for the bench, the tests and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub entries: AtomicU64,
+    pub events_new: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub events_conflicting: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub restarts: AtomicU64,
+    /// Commit time of every batch, in microseconds (bounded: the newest 100,000).
+    pub commit_micros: Mutex<Vec<u64>>,
+}
+
+impl SyncStats {
+    fn record_commit(&self, d: Duration) {
+        if let Ok(mut v) = self.commit_micros.lock() {
+            if v.len() >= 100_000 {
+                v.drain(..50_000);
+            }
+            v.push(d.as_micros() as u64);
+        }
+    }
+}
+
+/// Runs the service until `shutdown` resolves; the batch in flight then commits (or is abandoned
+/// before its transaction) and `run` returns. A failure restarts the pipeline after a backoff.
+pub async fn run(
+    settings: SyncSettings,
+    stats: Arc<SyncStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let url = &settings.connections.database_url;
+    store::create_database_if_missing(url).await?;
+    let applied = store::migrate(url).await?;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "applied migrations");
+    }
+    let consumer = settings.consumer();
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut failures = 0u32;
+    loop {
+        match pipeline(&settings, &consumer, &stats, stop.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                failures += 1;
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
+                let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
+                    .min(Duration::from_secs(10));
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "sync pipeline failed; rebuilding from Postgres"
+                );
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// A batch ready to commit.
+#[derive(Debug)]
+struct Prepared {
+    write: BatchWrite,
+    dead_letters: Vec<DeadLetter>,
+    acks: Vec<(String, String)>,
+    entries: usize,
+    new_events: usize,
+    duplicates: usize,
+    conflicts: usize,
+}
+
+async fn pipeline(
+    settings: &SyncSettings,
+    consumer: &str,
+    stats: &Arc<SyncStats>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let pool = store::pool(&settings.connections.database_url, 2).await?;
+    let started = Instant::now();
+    let mut shards = Shards::new(settings.workers as usize);
+    {
+        let mut conn = pool.get().await.context("taking a database connection")?;
+        let events = store::load::load_events(&mut conn, None).await?;
+        let n = events.len();
+        tokio::task::block_in_place(|| shards.fold(events));
+        tracing::info!(
+            events = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state rebuilt from the event log"
+        );
+    }
+    let mut redis_out = stream::connect(&settings.connections.redis_url).await?;
+    republish_outbox(&pool, &mut redis_out, &settings.term_updates_stream).await?;
+
+    let reader_conn = stream::connect(&settings.connections.redis_url).await?;
+    let mut reader = GroupReader::new(
+        reader_conn,
+        settings.redis_streams.clone(),
+        settings.consumer_group.clone(),
+        consumer.to_owned(),
+    )
+    .await?;
+    reader.restart_history();
+    tracing::info!(streams = %settings.redis_streams.join(","), group = %settings.consumer_group, consumer, "consuming");
+
+    let (tx, rx) = mpsc::channel::<Prepared>(1);
+    let writer = tokio::spawn(writer(
+        pool.clone(),
+        redis_out,
+        settings.clone(),
+        stats.clone(),
+        rx,
+    ));
+    let mut source = Source::new(settings);
+    let read_result: anyhow::Result<()> = loop {
+        if *stop.borrow() {
+            break Ok(());
+        }
+        let entries = tokio::select! {
+            r = source.next(&mut reader) => match r { Ok(e) => e, Err(e) => break Err(e) },
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        };
+        if entries.is_empty() {
+            continue;
+        }
+        let prepared = tokio::task::block_in_place(|| prepare(&mut shards, entries, settings));
+        if tx.send(prepared).await.is_err() {
+            break Ok(()); // the writer stopped: its result says why
+        }
+    };
+    drop(tx);
+    let write_result = writer.await.context("the writer task panicked")?;
+    read_result.and(write_result)
+}
+
+/// Where the next entries come from: own pending entries first, then idle entries of other
+/// consumers, then new entries; idle entries are looked for again every processing timeout.
+struct Source {
+    phase: Phase,
+    count: usize,
+    block: Duration,
+    min_idle: Duration,
+    last_claim: Instant,
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    OwnPending,
+    /// Claiming entries idle at least this long.
+    Claim(Duration),
+    New,
+}
+
+impl Source {
+    fn new(settings: &SyncSettings) -> Self {
+        Self {
+            phase: Phase::OwnPending,
+            count: settings.batch_size as usize,
+            block: settings.batch_timeout(),
+            min_idle: settings.processing_timeout(),
+            last_claim: Instant::now(),
+        }
+    }
+
+    async fn next(&mut self, reader: &mut GroupReader) -> anyhow::Result<Vec<Entry>> {
+        loop {
+            match self.phase {
+                Phase::OwnPending => {
+                    let e = reader.read_own_pending(self.count).await?;
+                    if !e.is_empty() {
+                        return Ok(e);
+                    }
+                    // One writer per group (SPEC §4): at start, every other consumer is dead.
+                    self.phase = Phase::Claim(Duration::ZERO);
+                }
+                Phase::Claim(min_idle) => {
+                    let e = reader.claim_idle(min_idle, self.count).await?;
+                    if !e.is_empty() {
+                        return Ok(e);
+                    }
+                    if reader.claims_done() {
+                        self.phase = Phase::New;
+                        self.last_claim = Instant::now();
+                    }
+                }
+                Phase::New => {
+                    if self.last_claim.elapsed() >= self.min_idle {
+                        self.phase = Phase::Claim(self.min_idle);
+                        continue;
+                    }
+                    let wait = self.block.min(
+                        self.min_idle
+                            .saturating_sub(self.last_claim.elapsed())
+                            .max(Duration::from_millis(1)),
+                    );
+                    return reader.read_new(self.count, wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// Decodes and folds a batch of entries into the rows it writes.
+fn prepare(shards: &mut Shards, entries: Vec<Entry>, settings: &SyncSettings) -> Prepared {
+    let n = entries.len();
+    let mut events: Vec<Event> = Vec::with_capacity(n * 4);
+    let mut dead_letters = Vec::new();
+    let mut progress: Vec<StreamProgress> = Vec::new();
+    let mut acks = Vec::with_capacity(n);
+    for (entry, decoded) in decode_all(&entries, settings.workers as usize) {
+        match decoded {
+            Decoded::Events(mut e, mut letters) => {
+                events.append(&mut e);
+                dead_letters.append(&mut letters);
+            }
+            Decoded::Dead(letter) => dead_letters.push(letter),
+        }
+        match progress.iter_mut().find(|p| p.stream == entry.stream) {
+            Some(p) => {
+                if stream_id_key(&entry.id) > stream_id_key(&p.last_entry_id) {
+                    p.last_entry_id = entry.id.clone();
+                }
+                p.entries += 1;
+            }
+            None => progress.push(StreamProgress {
+                stream: entry.stream.clone(),
+                last_entry_id: entry.id.clone(),
+                entries: 1,
+            }),
+        }
+        acks.push((entry.stream.clone(), entry.id.clone()));
+    }
+    let folded = shards.fold(events);
+    Prepared {
+        write: BatchWrite {
+            rows: folded.rows,
+            progress,
+            term_updates: folded.changed_terms,
+        },
+        dead_letters,
+        acks,
+        entries: n,
+        new_events: folded.new_events,
+        duplicates: folded.duplicates,
+        conflicts: folded.conflicts,
+    }
+}
+
+enum Decoded {
+    Events(Vec<Event>, Vec<DeadLetter>),
+    Dead(DeadLetter),
+}
+
+/// Decodes entries, in parallel when there are several workers.
+fn decode_all(entries: &[Entry], workers: usize) -> Vec<(&Entry, Decoded)> {
+    if workers <= 1 || entries.len() < 64 {
+        return entries.iter().map(|e| (e, decode_entry(e))).collect();
+    }
+    let chunk = entries.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|e| (e, decode_entry(e)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+fn decode_entry(entry: &Entry) -> Decoded {
+    let dead = |payload: &[u8], error: String| DeadLetter {
+        source_stream: entry.stream.clone(),
+        source_id: entry.id.clone(),
+        payload: payload.to_vec(),
+        error,
+    };
+    let Some(payload) = &entry.payload else {
+        return Decoded::Dead(dead(
+            b"",
+            format!("entry has no {} field", stream::PAYLOAD_FIELDS.join(", ")),
+        ));
+    };
+    match decode_envelope(payload) {
+        Err(e) => Decoded::Dead(dead(payload, e.to_string())),
+        Ok(Envelope::Reorg(notice)) => Decoded::Dead(dead(
+            payload,
+            format!("reorg notice (fork_block {}) is not applied by this version; re-inject it after upgrading", notice.fork_block),
+        )),
+        Ok(Envelope::Events { items, .. }) => {
+            let mut events = Vec::with_capacity(items.len());
+            let mut letters = Vec::new();
+            for item in items {
+                match item {
+                    Ok(e) => events.push(e),
+                    Err(bad) => letters.push(dead(&single_item_envelope(payload, &bad.item), bad.to_string())),
+                }
+            }
+            Decoded::Events(events, letters)
+        }
+    }
+}
+
+/// The envelope with `event_data` holding only `item` (how a bad item is dead-lettered).
+fn single_item_envelope(payload: &[u8], item: &serde_json::Value) -> Vec<u8> {
+    let mut envelope: serde_json::Value =
+        serde_json::from_slice(payload).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(obj) = envelope.as_object_mut() {
+        obj.insert(
+            "event_data".into(),
+            serde_json::Value::Array(vec![item.clone()]),
+        );
+    }
+    envelope.to_string().into_bytes()
+}
+
+/// `ms-seq` as numbers, for comparing stream ids.
+fn stream_id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+async fn writer(
+    pool: Pool,
+    redis: MultiplexedConnection,
+    settings: SyncSettings,
+    stats: Arc<SyncStats>,
+    mut rx: mpsc::Receiver<Prepared>,
+) -> anyhow::Result<()> {
+    let group = settings.consumer_group.as_str();
+    let term_stream = settings.term_updates_stream.as_str();
+    let retries = settings.max_retries;
+    let timeout = settings.processing_timeout();
+    while let Some(p) = rx.recv().await {
+        let started = Instant::now();
+        let write = &p.write;
+        let outbox = with_retries("commit batch", retries, || {
+            let pool = pool.clone();
+            async move {
+                let mut conn = pool.get().await.context("taking a database connection")?;
+                tokio::time::timeout(timeout, store::commit(&mut conn, group, write))
+                    .await
+                    .context("batch commit timed out (PROCESSING_TIMEOUT_MS)")?
+            }
+        })
+        .await?;
+        stats.record_commit(started.elapsed());
+        if let Some(id) = outbox {
+            with_retries("publish term updates", retries, || {
+                let mut redis = redis.clone();
+                async move {
+                    stream::publish_term_updates(&mut redis, term_stream, &write.term_updates).await
+                }
+            })
+            .await?;
+            let mut conn = pool.get().await.context("taking a database connection")?;
+            store::published(&mut conn, id).await?;
+        }
+        if !p.dead_letters.is_empty() {
+            for l in &p.dead_letters {
+                tracing::warn!(stream = %l.source_stream, entry_id = %l.source_id, error = %l.error, "dead-lettered bad input");
+            }
+            let letters = &p.dead_letters;
+            with_retries("dead-letter", retries, || {
+                let mut redis = redis.clone();
+                async move { stream::dead_letter(&mut redis, letters).await }
+            })
+            .await?;
+        }
+        let acks = &p.acks;
+        with_retries("acknowledge", retries, || {
+            let mut redis = redis.clone();
+            async move { stream::ack(&mut redis, group, acks).await }
+        })
+        .await?;
+        stats.entries.fetch_add(p.entries as u64, Ordering::Relaxed);
+        stats
+            .events_new
+            .fetch_add(p.new_events as u64, Ordering::Relaxed);
+        stats
+            .events_duplicate
+            .fetch_add(p.duplicates as u64, Ordering::Relaxed);
+        stats
+            .events_conflicting
+            .fetch_add(p.conflicts as u64, Ordering::Relaxed);
+        stats
+            .dead_lettered
+            .fetch_add(p.dead_letters.len() as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            entries = p.entries,
+            new_events = p.new_events,
+            commit_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `op` until it succeeds, at most `retries` more times, with exponential backoff.
+pub async fn with_retries<T, F, Fut>(what: &str, retries: u32, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < retries => {
+                attempt += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+                tracing::warn!(
+                    operation = what,
+                    attempt,
+                    error = format!("{e:#}"),
+                    "retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                return Err(e.context(format!("{what} failed after {} attempts", attempt + 1)))
+            }
+        }
+    }
+}
+
+/// Publishes term updates committed before a crash but never published.
+async fn republish_outbox(
+    pool: &Pool,
+    redis: &mut MultiplexedConnection,
+    stream_name: &str,
+) -> anyhow::Result<()> {
+    let mut conn = pool.get().await.context("taking a database connection")?;
+    for row in store::unpublished(&mut conn).await? {
+        stream::publish_term_updates(redis, stream_name, &row.term_ids).await?;
+        store::published(&mut conn, row.id).await?;
+        tracing::info!(
+            outbox_id = row.id,
+            terms = row.term_ids.len(),
+            "republished term updates left by an earlier run"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The fold, sharded by term across `WORKERS` threads.
+//!
+//! Base rows of a term (its position, vault and term rows) depend only on events of that term, so
+//! each shard owns a slice of the term space and folds its events alone, without locks. The one
+//! cross-term effect, TripleCreated naming a counter term, is sent to the counter term's shard as
+//! a link. Any `WORKERS` value gives the same rows: the shards partition the keys.
+
+use std::thread;
+
+use crate::domain::state::shard_of;
+use crate::domain::types::counter_term_id;
+use crate::domain::{Applied, Changes, Event, EventKind, State};
+use crate::store::rows::{base_rows, event_rows};
+use crate::store::rowset::RowSet;
+
+/// The rows one batch writes, and what it did.
+#[derive(Debug, Default)]
+pub struct Folded {
+    /// Event log rows of the new events, then the changed base rows, merged across shards.
+    pub rows: Vec<RowSet>,
+    /// Ids of terms whose term or vault rows changed.
+    pub changed_terms: Vec<String>,
+    pub new_events: usize,
+    pub duplicates: usize,
+    pub conflicts: usize,
+}
+
+#[derive(Debug)]
+pub struct Shards {
+    states: Vec<State>,
+}
+
+/// Where an event goes: its own shard, plus the counter term's shard for a TripleCreated.
+fn route(event: &Event, count: u64) -> (u64, Option<u64>) {
+    let term = match &event.kind {
+        EventKind::AtomCreated { term_id, .. }
+        | EventKind::Deposited { term_id, .. }
+        | EventKind::Redeemed { term_id, .. }
+        | EventKind::SharePriceChanged { term_id, .. } => term_id,
+        EventKind::TripleCreated { term_id, .. } => {
+            let own = shard_of(term_id, count);
+            let counter = shard_of(&counter_term_id(term_id), count);
+            return (own, (counter != own).then_some(counter));
+        }
+        EventKind::Generic { .. } => &event.meta.transaction_hash,
+    };
+    (shard_of(term, count), None)
+}
+
+impl Shards {
+    pub fn new(workers: usize) -> Self {
+        let n = workers.max(1) as u64;
+        Self {
+            states: (0..n).map(|i| State::shard(i, n)).collect(),
+        }
+    }
+
+    /// Number of distinct events held.
+    pub fn event_count(&self) -> usize {
+        self.states.iter().map(State::event_count).sum()
+    }
+
+    /// Applies `events` (any order) and returns the rows to write.
+    pub fn fold(&mut self, events: Vec<Event>) -> Folded {
+        let n = self.states.len() as u64;
+        let mut per_shard: Vec<Vec<Work>> = (0..n).map(|_| Vec::new()).collect();
+        for event in events {
+            let (own, counter_shard) = route(&event, n);
+            if let (Some(shard), EventKind::TripleCreated { term_id, .. }) =
+                (counter_shard, &event.kind)
+            {
+                per_shard[shard as usize].push(Work::Link(*term_id));
+            }
+            per_shard[own as usize].push(Work::Apply(event));
+        }
+        let results: Vec<Folded> = if self.states.len() == 1 {
+            vec![fold_shard(
+                &mut self.states[0],
+                per_shard.pop().unwrap_or_default(),
+            )]
+        } else {
+            thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .states
+                    .iter_mut()
+                    .zip(per_shard)
+                    .map(|(state, work)| scope.spawn(move || fold_shard(state, work)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        merge(results)
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // events are moved once into their shard's list
+enum Work {
+    Apply(Event),
+    /// TripleCreated of this triple id, for the shard of its counter term.
+    Link(crate::domain::TermId),
+}
+
+fn fold_shard(state: &mut State, work: Vec<Work>) -> Folded {
+    let mut changes = Changes::default();
+    let mut new = Vec::new();
+    let (mut duplicates, mut conflicts) = (0, 0);
+    for w in work {
+        match w {
+            Work::Apply(event) => match state.apply(&event, &mut changes) {
+                Applied::New => new.push(event),
+                Applied::Duplicate => duplicates += 1,
+                Applied::Conflict => {
+                    conflicts += 1;
+                    tracing::warn!(
+                        transaction_hash = %event.meta.transaction_hash,
+                        log_index = event.meta.log_index,
+                        "event identity reused with different content; the first delivery stays"
+                    );
+                }
+            },
+            Work::Link(pro) => state.link_counter(pro, counter_term_id(&pro), &mut changes),
+        }
+    }
+    let mut rows = event_rows(&new);
+    rows.extend(base_rows(state, &changes));
+    Folded {
+        rows,
+        changed_terms: changes.terms.iter().map(|t| t.to_string()).collect(),
+        new_events: new.len(),
+        duplicates,
+        conflicts,
+    }
+}
+
+fn merge(results: Vec<Folded>) -> Folded {
+    let mut out = Folded::default();
+    for r in results {
+        out.new_events += r.new_events;
+        out.duplicates += r.duplicates;
+        out.conflicts += r.conflicts;
+        out.changed_terms.extend(r.changed_terms);
+        for rows in r.rows {
+            match out.rows.iter_mut().find(|x| x.table == rows.table) {
+                Some(existing) => existing.append(rows),
+                None => out.rows.push(rows),
+            }
+        }
+    }
+    // Write order: the event log first, then base tables (any order is correct; a fixed one keeps
+    // lock order stable).
+    out.rows.sort_by_key(|r| {
+        TABLE_ORDER
+            .iter()
+            .position(|t| *t == r.table)
+            .unwrap_or(usize::MAX)
+    });
+    out.changed_terms.sort_unstable();
+    out
+}
+
+const TABLE_ORDER: [&str; 11] = [
+    "atom_created_events",
+    "triple_created_events",
+    "deposited_events",
+    "redeemed_events",
+    "share_price_changed_events",
+    "generic_events",
+    "atom",
+    "triple",
+    "position",
+    "vault",
+    "term",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fold;
+    use crate::fixture::read_events;
+
+    /// Folds the recorded fixture through `workers` shards, in batches, and returns the base
+    /// tables assembled from the shards' row sets.
+    fn rows_by_table(workers: usize) -> Vec<(String, usize)> {
+        let events =
+            read_events(include_str!("../../tests/fixtures/small.jsonl")).expect("fixture");
+        let mut shards = Shards::new(workers);
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for batch in events.chunks(700) {
+            let f = shards.fold(batch.to_vec());
+            for r in f.rows {
+                *counts.entry(r.table.to_owned()).or_default() += r.len();
+            }
+        }
+        counts.into_iter().collect()
+    }
+
+    #[test]
+    fn shards_hold_every_event_once() {
+        let events =
+            read_events(include_str!("../../tests/fixtures/small.jsonl")).expect("fixture");
+        for workers in [1, 3, 4] {
+            let mut shards = Shards::new(workers);
+            let f = shards.fold(events.clone());
+            assert_eq!(
+                (f.new_events, shards.event_count()),
+                (events.len(), events.len())
+            );
+            let again = shards.fold(events.clone());
+            assert_eq!((again.new_events, again.duplicates), (0, events.len()));
+            assert!(again.rows.is_empty() && again.changed_terms.is_empty());
+        }
+    }
+
+    #[test]
+    fn any_worker_count_writes_the_same_number_of_rows() {
+        assert_eq!(rows_by_table(1), rows_by_table(4));
+    }
+
+    #[test]
+    fn sharded_term_rows_match_the_unsharded_fold() {
+        let events =
+            read_events(include_str!("../../tests/fixtures/small.jsonl")).expect("fixture");
+        let whole = fold(&events).tables();
+        let mut shards = Shards::new(3);
+        let f = shards.fold(events);
+        let term_rows = f
+            .rows
+            .iter()
+            .find(|r| r.table == "term")
+            .map_or(0, RowSet::len);
+        assert_eq!(
+            term_rows,
+            whole.term.len(),
+            "each term row comes from exactly one shard"
+        );
+    }
+}

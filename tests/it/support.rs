@@ -1,0 +1,289 @@
+//! Test support: a fresh database and fresh stream names per test, the service run in-process or
+//! as a child process, and comparison of the stored tables with the pure fold.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use redis::AsyncCommands;
+use redis_postgres_sync::config::{Connections, SyncSettings};
+use redis_postgres_sync::domain::{fold, Event, Tables};
+use redis_postgres_sync::fixture::{self, FixtureConfig};
+use redis_postgres_sync::ingest::publish::{publish, PublishOptions};
+use redis_postgres_sync::ingest::stream;
+use redis_postgres_sync::store::load;
+use redis_postgres_sync::sync::{self, SyncStats};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+pub const SMALL_FIXTURE: &str = include_str!("../fixtures/small.jsonl");
+
+/// A database and stream names of one test; the database is dropped when this is.
+pub struct TestEnv {
+    pub name: String,
+    pub database_url: String,
+    pub stream: String,
+    pub term_updates: String,
+    pub group: String,
+}
+
+impl TestEnv {
+    pub async fn new(label: &str) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("rps_test_{label}_{}", &id[..12]);
+        let mut admin = AsyncPgConnection::establish(&format!("{PG}/postgres"))
+            .await
+            .expect("postgres is up");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        Self {
+            database_url: format!("{PG}/{name}"),
+            stream: format!("{name}:in"),
+            term_updates: format!("{name}:term_updates"),
+            group: "postgres-sync".to_owned(),
+            name,
+        }
+    }
+
+    pub fn settings(&self, workers: u32, batch_size: u32) -> SyncSettings {
+        SyncSettings {
+            connections: Connections {
+                redis_url: REDIS.to_owned(),
+                database_url: self.database_url.clone(),
+            },
+            redis_streams: vec![self.stream.clone()],
+            consumer_group: self.group.clone(),
+            consumer_name: None,
+            batch_size,
+            batch_timeout_ms: 200,
+            workers,
+            processing_timeout_ms: 2_000,
+            max_retries: 3,
+            term_updates_stream: self.term_updates.clone(),
+        }
+    }
+
+    /// Environment for the binary, matching [`settings`](Self::settings).
+    pub fn env(&self, workers: u32, batch_size: u32) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("REDIS_URL", REDIS.to_owned()),
+            ("REDIS_STREAMS", self.stream.clone()),
+            ("CONSUMER_GROUP", self.group.clone()),
+            ("TERM_UPDATES_STREAM", self.term_updates.clone()),
+            ("WORKERS", workers.to_string()),
+            ("BATCH_SIZE", batch_size.to_string()),
+            ("BATCH_TIMEOUT_MS", "200".to_owned()),
+            ("PROCESSING_TIMEOUT_MS", "2000".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        stream::connect(REDIS).await.expect("redis is up")
+    }
+
+    pub async fn publish(&self, lines: &[&str], opts: &PublishOptions) -> usize {
+        let mut conn = self.redis().await;
+        publish(&mut conn, &self.stream, lines, opts, |_| {})
+            .await
+            .expect("publish")
+    }
+
+    pub async fn pg(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.database_url)
+            .await
+            .expect("test database")
+    }
+
+    /// Waits until the group has read every entry of the input stream and acknowledged it all.
+    pub async fn wait_drained(&self, timeout: Duration) {
+        wait_group_drained(&self.stream, &self.group, timeout).await;
+    }
+
+    /// Compares every base table with `expected`; panics with the differences.
+    pub async fn assert_base_tables(&self, expected: &Tables) {
+        self.assert_tables(expected, &["atom", "triple", "position", "vault", "term"])
+            .await;
+    }
+
+    pub async fn assert_tables(&self, expected: &Tables, only: &[&str]) {
+        let mut conn = self.pg().await;
+        let diffs = load::compare(&mut conn, expected, only)
+            .await
+            .expect("compare");
+        let bad: Vec<String> = diffs
+            .iter()
+            .filter(|d| !d.is_clean())
+            .map(|d| {
+                format!(
+                    "{}: {} rows, {} missing (e.g. {:?}), {} extra (e.g. {:?}), {} differing (e.g. {:?})",
+                    d.table,
+                    d.checked,
+                    d.missing.len(),
+                    <[_]>::first(&d.missing),
+                    d.extra.len(),
+                    <[_]>::first(&d.extra),
+                    d.differing.len(),
+                    <[_]>::first(&d.differing)
+                )
+            })
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "tables differ from the pure fold:\n{}",
+            bad.join("\n")
+        );
+        assert!(
+            diffs.iter().all(|d| d.checked > 0),
+            "some table is empty: {:?}",
+            diffs
+                .iter()
+                .map(|d| (d.table, d.checked))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = self.pg().await;
+        let r: N = diesel::sql_query(sql)
+            .get_result(&mut conn)
+            .await
+            .expect("count query");
+        r.n
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let streams = [
+            self.stream.clone(),
+            self.term_updates.clone(),
+            stream::dlq_stream(&self.stream),
+        ];
+        // Drop runs outside any runtime's async context: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut admin) = AsyncPgConnection::establish(&format!("{PG}/postgres")).await
+                {
+                    let _ =
+                        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut admin)
+                            .await;
+                }
+                if let Ok(mut r) = stream::connect(REDIS).await {
+                    let _: Result<(), _> = r.del(&streams[..]).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn wait_group_drained(stream_name: &str, group: &str, timeout: Duration) {
+    let mut conn = stream::connect(REDIS).await.expect("redis");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info: redis::streams::StreamInfoGroupsReply =
+            conn.xinfo_groups(stream_name).await.unwrap_or_default();
+        if let Some(g) = info.groups.iter().find(|g| g.name == group) {
+            if g.pending == 0 && g.lag == Some(0) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {stream_name} not drained by group {group} in {timeout:?}: {:?}",
+            info.groups
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The service running in this process.
+pub struct InProcess {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+    pub stats: Arc<SyncStats>,
+}
+
+impl InProcess {
+    pub fn start(settings: SyncSettings) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let stats = Arc::new(SyncStats::default());
+        let handle = tokio::spawn(sync::run(settings, stats.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            handle,
+            stats,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.handle)
+            .await
+            .expect("sync stops within 30 s")
+            .expect("sync task did not panic")
+            .expect("sync returned Ok");
+    }
+}
+
+/// The service as a child process (for kill -9).
+pub fn spawn_binary(env: &[(&'static str, String)], subcommand: &str) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-postgres-sync"));
+    cmd.arg(subcommand)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn the binary")
+}
+
+pub fn fixture_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+pub fn events_of(text: &str) -> Vec<Event> {
+    fixture::read_events(text).expect("fixture decodes")
+}
+
+pub fn expected_tables(text: &str) -> Tables {
+    fold(&events_of(text)).tables()
+}
+
+/// A generated fixture of about `events` events.
+pub fn generated_fixture(events: usize, seed: u64) -> String {
+    let cfg = FixtureConfig {
+        events,
+        accounts: 300,
+        terms: 800,
+        seed,
+        ..FixtureConfig::default()
+    };
+    let mut out = Vec::new();
+    fixture::generate(&cfg, &mut out).expect("generate");
+    String::from_utf8(out).expect("utf-8")
+}
