@@ -44,8 +44,9 @@ pub struct SyncSettings {
     /// Consumer name within the group [default: consumer-<random uuid>].
     #[arg(long, env = "CONSUMER_NAME")]
     pub consumer_name: Option<String>,
-    /// Stream entries read per batch; a batch is one transaction.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Most stream entries per batch; a batch is one transaction. At the chain head batches are
+    /// as small as what has arrived; when catching up, bigger batches coalesce more row updates.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// How long a read waits for the first entry of a batch, in milliseconds.
     #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]

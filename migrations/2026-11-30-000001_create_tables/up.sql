@@ -118,15 +118,17 @@ CREATE TABLE generic_events (
     PRIMARY KEY (transaction_hash, log_index)
 );
 
--- Reorgs delete by (network, block_number).
-CREATE INDEX atom_created_events_block ON atom_created_events (block_number);
-CREATE INDEX triple_created_events_block ON triple_created_events (block_number);
-CREATE INDEX deposited_events_block ON deposited_events (block_number);
-CREATE INDEX redeemed_events_block ON redeemed_events (block_number);
-CREATE INDEX share_price_changed_events_block ON share_price_changed_events (block_number);
-CREATE INDEX generic_events_block ON generic_events (block_number);
+-- Reorgs delete by block_number. Blocks arrive nearly in order, so a BRIN index (a few pages,
+-- almost free to maintain) serves the range scan.
+CREATE INDEX atom_created_events_block ON atom_created_events USING brin (block_number);
+CREATE INDEX triple_created_events_block ON triple_created_events USING brin (block_number);
+CREATE INDEX deposited_events_block ON deposited_events USING brin (block_number);
+CREATE INDEX redeemed_events_block ON redeemed_events USING brin (block_number);
+CREATE INDEX share_price_changed_events_block ON share_price_changed_events USING brin (block_number);
+CREATE INDEX generic_events_block ON generic_events USING brin (block_number);
 
 -- ---- base state (committed with the consumer's progress) ----------------------------------
+-- Derived rows are rewritten often: fillfactor 70 leaves room on each page for HOT updates.
 
 CREATE TABLE atom (
     term_id          TEXT PRIMARY KEY,
@@ -138,7 +140,7 @@ CREATE TABLE atom (
     log_index        BIGINT      NOT NULL,
     transaction_hash TEXT        NOT NULL,
     created_at       TIMESTAMPTZ
-);
+) WITH (fillfactor = 70);
 
 CREATE TABLE triple (
     term_id          TEXT PRIMARY KEY,
@@ -151,7 +153,7 @@ CREATE TABLE triple (
     log_index        BIGINT      NOT NULL,
     transaction_hash TEXT        NOT NULL,
     created_at       TIMESTAMPTZ
-);
+) WITH (fillfactor = 70);
 CREATE INDEX triple_counter_term ON triple (counter_term_id);
 CREATE INDEX triple_subject_predicate ON triple (subject_id, predicate_id);
 CREATE INDEX triple_predicate_object ON triple (predicate_id, object_id);
@@ -166,7 +168,7 @@ CREATE TABLE position (
     created_at                            TIMESTAMPTZ,
     updated_at                            TIMESTAMPTZ,
     PRIMARY KEY (account_id, term_id, curve_id)
-);
+) WITH (fillfactor = 70);
 CREATE INDEX position_term ON position (term_id, curve_id);
 
 CREATE TABLE vault (
@@ -179,7 +181,7 @@ CREATE TABLE vault (
     position_count      BIGINT        NOT NULL,
     vault_type          TEXT          NOT NULL,
     PRIMARY KEY (term_id, curve_id)
-);
+) WITH (fillfactor = 70);
 
 CREATE TABLE term (
     id               TEXT PRIMARY KEY,
@@ -188,7 +190,7 @@ CREATE TABLE term (
     triple_id        TEXT,
     total_assets     NUMERIC(78,0) NOT NULL,
     total_market_cap NUMERIC(78,0) NOT NULL
-);
+) WITH (fillfactor = 70);
 
 -- ---- analytics (eventually consistent, written by the analytics consumer) ------------------
 
@@ -201,7 +203,7 @@ CREATE TABLE triple_vault (
     position_count  BIGINT        NOT NULL,
     market_cap      NUMERIC(78,0) NOT NULL,
     PRIMARY KEY (term_id, counter_term_id, curve_id)
-);
+) WITH (fillfactor = 70);
 
 CREATE TABLE triple_term (
     term_id              TEXT          NOT NULL,
@@ -210,7 +212,7 @@ CREATE TABLE triple_term (
     total_market_cap     NUMERIC(78,0) NOT NULL,
     total_position_count BIGINT        NOT NULL,
     PRIMARY KEY (term_id, counter_term_id)
-);
+) WITH (fillfactor = 70);
 
 CREATE TABLE predicate_object (
     predicate_id         TEXT          NOT NULL,
@@ -219,7 +221,7 @@ CREATE TABLE predicate_object (
     total_position_count BIGINT        NOT NULL,
     total_market_cap     NUMERIC(78,0) NOT NULL,
     PRIMARY KEY (predicate_id, object_id)
-);
+) WITH (fillfactor = 70);
 
 CREATE TABLE subject_predicate (
     subject_id           TEXT          NOT NULL,
@@ -228,7 +230,7 @@ CREATE TABLE subject_predicate (
     total_position_count BIGINT        NOT NULL,
     total_market_cap     NUMERIC(78,0) NOT NULL,
     PRIMARY KEY (subject_id, predicate_id)
-);
+) WITH (fillfactor = 70);
 
 -- ---- bookkeeping ---------------------------------------------------------------------------
 

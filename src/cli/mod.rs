@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod fixture;
 mod publish;
 mod sync;
@@ -56,6 +57,12 @@ pub enum Command {
     /// With --shuffle and --duplicate-share it replays the delivery faults the service must
     /// absorb: any order, some entries twice.
     Publish(publish::PublishArgs),
+    /// Measure what the service does with a fixture on this machine.
+    ///
+    /// `--mode fold` decodes and folds in memory; `--mode sync` publishes to fresh streams, runs
+    /// the full pipeline into a fresh database until drained, measures the raw COPY rate of the
+    /// same rows for comparison, and drops what it created (unless --keep).
+    Bench(bench::BenchArgs),
 }
 
 pub fn init_telemetry(args: &LogArgs) {
@@ -74,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Fixture(args) => fixture::run(args),
         Command::Publish(args) => runtime()?.block_on(publish::run(args)),
+        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Sync(settings) => {
             invalid_setting(settings.validate());
             runtime()?.block_on(sync::run(settings))

@@ -6,8 +6,6 @@
 //! incrementally with exact add/remove ([`PairAggregate`]), which is what lets the consumer touch
 //! only the pairs of the triples that changed.
 
-use std::collections::BTreeMap;
-
 use primitive_types::U256;
 
 use super::math::{self, Total};
@@ -32,13 +30,22 @@ pub fn triple_vault_rows(
     pro: &[(U256, VaultFigures)],
     counter: &[(U256, VaultFigures)],
 ) -> Vec<TripleVaultRow> {
-    let mut by_curve: BTreeMap<U256, [VaultFigures; 2]> = BTreeMap::new();
-    for (curve, f) in pro {
-        by_curve.entry(*curve).or_default()[0] = *f;
+    // A triple has one or two curves: a sorted small vector beats a map.
+    let mut by_curve: Vec<(U256, [VaultFigures; 2])> =
+        Vec::with_capacity(pro.len() + counter.len());
+    for (side, vaults) in [pro, counter].into_iter().enumerate() {
+        for (curve, f) in vaults {
+            match by_curve.iter_mut().find(|(c, _)| c == curve) {
+                Some((_, sides)) => sides[side] = *f,
+                None => {
+                    let mut sides = [VaultFigures::default(); 2];
+                    sides[side] = *f;
+                    by_curve.push((*curve, sides));
+                }
+            }
+        }
     }
-    for (curve, f) in counter {
-        by_curve.entry(*curve).or_default()[1] = *f;
-    }
+    by_curve.sort_unstable_by_key(|(c, _)| *c);
     by_curve
         .into_iter()
         .map(|(curve_id, [p, c])| TripleVaultRow {

@@ -55,6 +55,18 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Forgets every key, keeping the allocated capacity for the next batch.
+    pub fn clear(&mut self) {
+        self.atoms.clear();
+        self.triples.clear();
+        self.positions.clear();
+        self.vaults.clear();
+        self.terms.clear();
+        self.triple_analytics.clear();
+        self.predicate_objects.clear();
+        self.subject_predicates.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.atoms.is_empty()
             && self.triples.is_empty()

@@ -94,6 +94,8 @@ pub enum Problem {
     NotHex,
     /// A vault type other than 0, 1, 2.
     UnknownVaultType(u64),
+    /// A text with a NUL character, which PostgreSQL text cannot hold.
+    ContainsNul,
 }
 
 impl fmt::Display for Problem {
@@ -109,6 +111,7 @@ impl fmt::Display for Problem {
                 write!(f, "expected {expected} hex digits, got {got}")
             }
             Problem::NotHex => write!(f, "not valid hex"),
+            Problem::ContainsNul => write!(f, "contains a NUL character"),
             Problem::UnknownVaultType(v) => {
                 write!(f, "unknown vault type {v} (expected 0, 1 or 2)")
             }
@@ -142,6 +145,9 @@ pub fn decode_envelope(json: &[u8]) -> Result<Envelope, EnvelopeError> {
         return Err(EnvelopeError::NotAnObject);
     };
     let event_name = match envelope.get("event_name") {
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(EnvelopeError::EventName(Problem::ContainsNul))
+        }
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) => {
             return Err(EnvelopeError::EventName(Problem::WrongType {
@@ -170,7 +176,7 @@ pub fn decode_envelope(json: &[u8]) -> Result<Envelope, EnvelopeError> {
     };
     let context = EnvelopeContext {
         network: match envelope.get("network") {
-            Some(Value::String(s)) => Some(Arc::from(s.as_str())),
+            Some(Value::String(s)) if !s.contains('\0') => Some(Arc::from(s.as_str())),
             _ => None,
         },
         block_number: envelope.get("block_number").cloned(),
@@ -249,7 +255,7 @@ fn decode_item(
         });
     };
     let f = Fields { obj, prefix: "" };
-    let meta = decode_meta(obj, context, event_name_is_core(event_name))?;
+    let (meta, lossless) = decode_meta(obj, context, event_name_is_core(event_name))?;
     let kind = match event_name {
         "AtomCreated" => EventKind::AtomCreated {
             creator: f.address("creator")?,
@@ -296,10 +302,25 @@ fn decode_item(
         },
         other => EventKind::Generic {
             event_name: other.to_owned(),
-            payload: item.to_string(),
+            payload: generic_payload(obj, lossless),
         },
     };
     Ok(Event { meta, kind })
+}
+
+/// What generic_events stores as `payload`: the item's parameters. `transaction_information` is
+/// left out (its fields have their own columns, and it is most of the bytes) unless one of its
+/// fields could not be stored in its column, in which case the item is kept whole.
+fn generic_payload(obj: &Map<String, Value>, meta_lossless: bool) -> String {
+    if !meta_lossless {
+        return Value::Object(obj.clone()).to_string();
+    }
+    let params: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| k.as_str() != "transaction_information")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Value::Object(params).to_string()
 }
 
 fn event_name_is_core(name: &str) -> bool {
@@ -311,12 +332,13 @@ fn event_name_is_core(name: &str) -> bool {
 
 /// Decodes `transaction_information`. The identity and the block number are always required;
 /// for generic events (`strict == false`) a malformed optional field is stored as NULL instead
-/// of rejecting the item (SPEC §4: generic items need only a valid identity).
+/// of rejecting the item (SPEC §4: generic items need only a valid identity). The flag tells
+/// whether every field present was kept.
 fn decode_meta(
     item: &Map<String, Value>,
     context: &EnvelopeContext,
     strict: bool,
-) -> Result<EventMeta, FieldError> {
+) -> Result<(EventMeta, bool), FieldError> {
     let info = match item.get("transaction_information") {
         Some(Value::Object(o)) => o,
         Some(other) => {
@@ -346,34 +368,48 @@ fn decode_meta(
         })?,
         _ => f.int("block_number")?,
     };
-    fn lenient<T>(strict: bool, r: Result<Option<T>, FieldError>) -> Result<Option<T>, FieldError> {
-        if strict {
-            r
-        } else {
-            Ok(r.unwrap_or(None))
-        }
-    }
+    let mut l = Leniency {
+        strict,
+        lossless: true,
+    };
     let network = match info.get("network") {
+        Some(Value::String(s)) if s.contains('\0') => l
+            .keep::<()>(Err(f.err("network", Problem::ContainsNul)))
+            .map(|_| context.network.clone())?,
         Some(Value::String(s)) => Some(Arc::from(s.as_str())),
         _ => context.network.clone(),
     };
-    Ok(EventMeta {
+    let meta = EventMeta {
         transaction_hash: f.bytes32("transaction_hash")?,
         log_index: f.int("log_index")?,
         block_number,
-        block_timestamp: lenient(strict, f.timestamp("block_timestamp"))?,
-        block_hash: lenient(
-            strict,
-            f.opt(|v| fixed_hex::<32>(v).map(Bytes32), "block_hash"),
-        )?,
-        transaction_index: lenient(strict, f.opt_int("transaction_index"))?,
-        address: lenient(
-            strict,
-            f.opt(|v| fixed_hex::<20>(v).map(Address), "address"),
-        )?,
+        block_timestamp: l.keep(f.timestamp("block_timestamp"))?,
+        block_hash: l.keep(f.opt(|v| fixed_hex::<32>(v).map(Bytes32), "block_hash"))?,
+        transaction_index: l.keep(f.opt_int("transaction_index"))?,
+        address: l.keep(f.opt(|v| fixed_hex::<20>(v).map(Address), "address"))?,
         network,
-        chain_id: lenient(strict, f.opt_int("chain_id"))?,
-    })
+        chain_id: l.keep(f.opt_int("chain_id"))?,
+    };
+    Ok((meta, l.lossless))
+}
+
+/// Strict: a bad optional field rejects the item. Lenient: it becomes NULL, and `lossless`
+/// records that something was dropped.
+struct Leniency {
+    strict: bool,
+    lossless: bool,
+}
+
+impl Leniency {
+    fn keep<T>(&mut self, r: Result<Option<T>, FieldError>) -> Result<Option<T>, FieldError> {
+        match r {
+            Err(_) if !self.strict => {
+                self.lossless = false;
+                Ok(None)
+            }
+            r => r,
+        }
+    }
 }
 
 /// Field access on one JSON object, with errors that name the field by its path.
@@ -1099,6 +1135,21 @@ mod tests {
     }
 
     #[test]
+    fn nul_in_text_columns() {
+        assert_eq!(
+            problem("transaction_information.network", Some(json!("a\0b"))),
+            Problem::ContainsNul
+        );
+        let e = decode_envelope(
+            json!({"event_name": "X\0", "event_data": []})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect_err("rejected");
+        assert_eq!(e, EnvelopeError::EventName(Problem::ContainsNul));
+    }
+
+    #[test]
     fn unknown_vault_type() {
         assert_eq!(
             problem("vaultType", Some(json!(3))),
@@ -1140,7 +1191,19 @@ mod tests {
                 payload,
             } => {
                 assert_eq!(event_name, "ProtocolFeeAccrued");
+                // chain_id could not be kept in its column: the item is stored whole.
                 assert_eq!(serde_json::from_str::<Value>(&payload).expect("json"), item);
+            }
+            other => panic!("{other:?}"),
+        }
+        let clean = json!({"epoch": "2", "amount": "5", "transaction_information": info()});
+        match one(&envelope("ProtocolFeeAccrued", json!([clean])))
+            .expect("valid")
+            .kind
+        {
+            EventKind::Generic { payload, .. } => {
+                // Every meta field has its column: the payload holds the parameters only.
+                assert_eq!(payload, r#"{"amount":"5","epoch":"2"}"#);
             }
             other => panic!("{other:?}"),
         }

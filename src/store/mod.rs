@@ -137,10 +137,14 @@ pub async fn commit(
     batch: &BatchWrite,
 ) -> anyhow::Result<Option<i64>> {
     conn.transaction(async |conn| {
-        for rows in &batch.rows {
-            let table = rows.table;
-            rows.write(conn).await.with_context(|| format!("writing table {table}"))?;
-        }
+        // Pipelined: every statement is sent before the first result is read.
+        let shared: &AsyncPgConnection = conn;
+        let started = std::time::Instant::now();
+        futures_util::future::try_join_all(batch.rows.iter().map(|rows| async move {
+            rows.write(shared).await.with_context(|| format!("writing table {}", rows.table))
+        }))
+        .await?;
+        tracing::trace!(tables = batch.rows.len(), micros = started.elapsed().as_micros() as u64, "wrote rows");
         if !batch.progress.is_empty() {
             let (streams, ids, counts): (Vec<_>, Vec<_>, Vec<_>) = batch
                 .progress

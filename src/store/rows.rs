@@ -1,11 +1,16 @@
 //! Domain values → column-wise [`RowSet`]s: the event log rows of a batch's new events, and the
 //! base-table rows (atom, triple, position, vault, term) that the batch changed.
 
+use std::sync::{Arc, LazyLock};
+
+use dashmap::DashMap;
 use primitive_types::U256;
 
-use super::rowset::{Column, OnConflict, RowSet};
+use diesel::pg::data_types::{PgNumeric, PgTimestamp};
+
+use super::rowset::{pg_numeric, pg_timestamp, Column, OnConflict, RowSet};
 use crate::domain::rows::TripleVaultRow;
-use crate::domain::{Changes, Event, EventKind, EventMeta, State};
+use crate::domain::{Address, Changes, Event, EventKind, EventMeta, State};
 
 /// The columns every event table has, in table order.
 const META: [&str; 9] = [
@@ -43,7 +48,7 @@ impl MetaColumns {
         self.block_hash.push(m.block_hash.map(|h| h.to_string()));
         self.transaction_index.push(m.transaction_index);
         self.block_timestamp.push(m.block_timestamp);
-        self.address.push(m.address.map(|a| a.to_checksum()));
+        self.address.push(m.address.map(|a| checksum(&a)));
         self.network.push(m.network.as_deref().map(str::to_owned));
         self.chain_id.push(m.chain_id);
     }
@@ -59,7 +64,7 @@ impl MetaColumns {
             Column::BigInt(self.block_number),
             Column::NullableText(self.block_hash),
             Column::NullableBigInt(self.transaction_index),
-            Column::Timestamp(self.block_timestamp),
+            Column::Timestamp(times(self.block_timestamp)),
             Column::NullableText(self.address),
             Column::NullableText(self.network),
             Column::NullableBigInt(self.chain_id),
@@ -99,22 +104,37 @@ impl EventTable {
     }
 }
 
-fn text(c: &mut Column, v: String) {
-    match c {
-        Column::Text(x) | Column::Numeric(x) | Column::Jsonb(x) => x.push(v),
-        other => unreachable!("column {other:?} is not text"),
+/// Appends one value to a parameter column of the same kind (the tables below pair them up).
+fn push(c: &mut Column, v: Value) {
+    match (c, v) {
+        (Column::Text(x) | Column::Jsonb(x), Value::T(v)) => x.push(v),
+        (Column::Numeric(x), Value::N(v)) => x.push(v),
+        (Column::Bytea(x), Value::B(v)) => x.push(v),
+        (c, _) => unreachable!("value of another kind for column {c:?}"),
     }
 }
 
-fn bytes(c: &mut Column, v: Vec<u8>) {
-    match c {
-        Column::Bytea(x) => x.push(v),
-        other => unreachable!("column {other:?} is not bytea"),
-    }
+fn numeric(v: &U256) -> PgNumeric {
+    pg_numeric(v)
 }
 
-fn numeric(v: &U256) -> String {
-    v.to_string()
+fn times(v: Vec<Option<i64>>) -> Vec<Option<PgTimestamp>> {
+    v.into_iter().map(|t| t.map(pg_timestamp)).collect()
+}
+
+/// EIP-55 text of an address, cached: the same few thousand accounts (and one contract address)
+/// appear in nearly every batch, and each checksum costs a keccak. Shared by the shard threads.
+fn checksum(a: &Address) -> String {
+    static CACHE: LazyLock<DashMap<Address, Arc<str>>> = LazyLock::new(DashMap::new);
+    if let Some(hit) = CACHE.get(a) {
+        return hit.to_string();
+    }
+    let text = a.to_checksum();
+    if CACHE.len() >= 1_000_000 {
+        CACHE.clear();
+    }
+    CACHE.insert(*a, Arc::from(text.as_str()));
+    text
 }
 
 /// JSONB cannot hold `\u0000`; such an escape is stored as the text `\\u0000` instead, so the
@@ -205,10 +225,10 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut atom,
                 vec![
-                    Value::T(creator.to_checksum()),
+                    Value::T(checksum(creator)),
                     Value::T(term_id.to_string()),
                     Value::B(atom_data.clone()),
-                    Value::T(atom_wallet.to_checksum()),
+                    Value::T(checksum(atom_wallet)),
                 ],
             ),
             EventKind::TripleCreated {
@@ -220,7 +240,7 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut triple,
                 vec![
-                    Value::T(creator.to_checksum()),
+                    Value::T(checksum(creator)),
                     Value::T(term_id.to_string()),
                     Value::T(subject_id.to_string()),
                     Value::T(predicate_id.to_string()),
@@ -241,14 +261,14 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut deposited,
                 vec![
-                    Value::T(sender.to_checksum()),
-                    Value::T(receiver.to_checksum()),
+                    Value::T(checksum(sender)),
+                    Value::T(checksum(receiver)),
                     Value::T(term_id.to_string()),
-                    Value::T(numeric(curve_id)),
-                    Value::T(numeric(assets)),
-                    Value::T(numeric(assets_after_fees)),
-                    Value::T(numeric(shares)),
-                    Value::T(numeric(total_shares)),
+                    Value::N(numeric(curve_id)),
+                    Value::N(numeric(assets)),
+                    Value::N(numeric(assets_after_fees)),
+                    Value::N(numeric(shares)),
+                    Value::N(numeric(total_shares)),
                     Value::T(vault_type.as_str().to_owned()),
                 ],
             ),
@@ -265,14 +285,14 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut redeemed,
                 vec![
-                    Value::T(sender.to_checksum()),
-                    Value::T(receiver.to_checksum()),
+                    Value::T(checksum(sender)),
+                    Value::T(checksum(receiver)),
                     Value::T(term_id.to_string()),
-                    Value::T(numeric(curve_id)),
-                    Value::T(numeric(shares)),
-                    Value::T(numeric(total_shares)),
-                    Value::T(numeric(assets)),
-                    Value::T(numeric(fees)),
+                    Value::N(numeric(curve_id)),
+                    Value::N(numeric(shares)),
+                    Value::N(numeric(total_shares)),
+                    Value::N(numeric(assets)),
+                    Value::N(numeric(fees)),
                     Value::T(vault_type.as_str().to_owned()),
                 ],
             ),
@@ -287,10 +307,10 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
                 &mut price,
                 vec![
                     Value::T(term_id.to_string()),
-                    Value::T(numeric(curve_id)),
-                    Value::T(numeric(share_price)),
-                    Value::T(numeric(total_assets)),
-                    Value::T(numeric(total_shares)),
+                    Value::N(numeric(curve_id)),
+                    Value::N(numeric(share_price)),
+                    Value::N(numeric(total_assets)),
+                    Value::N(numeric(total_shares)),
                     Value::T(vault_type.as_str().to_owned()),
                 ],
             ),
@@ -304,10 +324,7 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
         };
         table.meta.push(&e.meta);
         for ((_, col), v) in table.params.iter_mut().zip(values) {
-            match v {
-                Value::T(s) => text(col, s),
-                Value::B(b) => bytes(col, b),
-            }
+            push(col, v);
         }
     }
     [atom, triple, deposited, redeemed, price, generic]
@@ -318,215 +335,253 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
 
 enum Value {
     T(String),
+    N(PgNumeric),
     B(Vec<u8>),
 }
 
-/// Upserts of the base rows named by `changes`: atom, triple, position, vault, term.
+/// Upserts of the base rows named by `changes`: atom, triple, position, vault, term. Conflict
+/// target of each: the table's primary key (the row's identity in SPEC §2); every other column is
+/// replaced, since the fold's row is the truth.
 pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
     let mut out = Vec::with_capacity(5);
 
-    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5, mut c6, mut c7, mut c8) = (
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-    );
-    for row in changes.atoms.iter().filter_map(|id| state.atom(id)) {
-        c0.push(row.term_id.to_string());
-        c1.push(row.creator_id.to_checksum());
-        c2.push(row.wallet_id.to_checksum());
-        c3.push(row.data);
-        c4.push(row.raw_data);
-        c5.push(row.block_number);
-        c6.push(row.log_index);
-        c7.push(row.transaction_hash.to_string());
-        c8.push(row.created_at);
+    let mut t = Cols::default();
+    for r in changes.atoms.iter().filter_map(|id| state.atom(id)) {
+        t.text(0, r.term_id.to_string());
+        t.text(1, checksum(&r.creator_id));
+        t.text(2, checksum(&r.wallet_id));
+        t.opt_text(0, r.data);
+        t.bytes(r.raw_data);
+        t.int(0, r.block_number);
+        t.int(1, r.log_index);
+        t.text(3, r.transaction_hash.to_string());
+        t.time(0, r.created_at);
     }
-    out.push(RowSet {
-        table: "atom",
-        key: &["term_id"],
-        columns: vec![
-            ("term_id", Column::Text(c0)),
-            ("creator_id", Column::Text(c1)),
-            ("wallet_id", Column::Text(c2)),
-            ("data", Column::NullableText(c3)),
-            ("raw_data", Column::Bytea(c4)),
-            ("block_number", Column::BigInt(c5)),
-            ("log_index", Column::BigInt(c6)),
-            ("transaction_hash", Column::Text(c7)),
-            ("created_at", Column::Timestamp(c8)),
+    out.push(t.rowset(
+        "atom",
+        &["term_id"],
+        &[
+            ("term_id", T(0)),
+            ("creator_id", T(1)),
+            ("wallet_id", T(2)),
+            ("data", O(0)),
+            ("raw_data", B),
+            ("block_number", I(0)),
+            ("log_index", I(1)),
+            ("transaction_hash", T(3)),
+            ("created_at", Ts(0)),
         ],
-        on_conflict: OnConflict::Update,
-    });
+    ));
 
-    let mut cols: [Vec<String>; 7] = Default::default();
-    let (mut block, mut log, mut created) = (vec![], vec![], vec![]);
-    for row in changes.triples.iter().filter_map(|id| state.triple(id)) {
-        for (c, v) in cols.iter_mut().zip([
-            row.term_id.to_string(),
-            row.counter_term_id.to_string(),
-            row.creator_id.to_checksum(),
-            row.subject_id.to_string(),
-            row.predicate_id.to_string(),
-            row.object_id.to_string(),
-            row.transaction_hash.to_string(),
-        ]) {
-            c.push(v);
-        }
-        block.push(row.block_number);
-        log.push(row.log_index);
-        created.push(row.created_at);
+    let mut t = Cols::default();
+    for r in changes.triples.iter().filter_map(|id| state.triple(id)) {
+        t.text(0, r.term_id.to_string());
+        t.text(1, r.counter_term_id.to_string());
+        t.text(2, checksum(&r.creator_id));
+        t.text(3, r.subject_id.to_string());
+        t.text(4, r.predicate_id.to_string());
+        t.text(5, r.object_id.to_string());
+        t.int(0, r.block_number);
+        t.int(1, r.log_index);
+        t.text(6, r.transaction_hash.to_string());
+        t.time(0, r.created_at);
     }
-    let [term_id, counter, creator, subject, predicate, object, tx] = cols;
-    out.push(RowSet {
-        table: "triple",
-        key: &["term_id"],
-        columns: vec![
-            ("term_id", Column::Text(term_id)),
-            ("counter_term_id", Column::Text(counter)),
-            ("creator_id", Column::Text(creator)),
-            ("subject_id", Column::Text(subject)),
-            ("predicate_id", Column::Text(predicate)),
-            ("object_id", Column::Text(object)),
-            ("block_number", Column::BigInt(block)),
-            ("log_index", Column::BigInt(log)),
-            ("transaction_hash", Column::Text(tx)),
-            ("created_at", Column::Timestamp(created)),
+    out.push(t.rowset(
+        "triple",
+        &["term_id"],
+        &[
+            ("term_id", T(0)),
+            ("counter_term_id", T(1)),
+            ("creator_id", T(2)),
+            ("subject_id", T(3)),
+            ("predicate_id", T(4)),
+            ("object_id", T(5)),
+            ("block_number", I(0)),
+            ("log_index", I(1)),
+            ("transaction_hash", T(6)),
+            ("created_at", Ts(0)),
         ],
-        on_conflict: OnConflict::Update,
-    });
+    ));
 
-    let mut cols: [Vec<String>; 6] = Default::default();
-    let (mut created, mut updated) = (vec![], vec![]);
-    for row in changes.positions.iter().filter_map(|k| state.position(k)) {
-        for (c, v) in cols.iter_mut().zip([
-            row.account_id.to_checksum(),
-            row.term_id.to_string(),
-            numeric(&row.curve_id),
-            numeric(&row.shares),
-            numeric(&row.total_deposit_assets_after_total_fees),
-            numeric(&row.total_redeem_assets_for_receiver),
-        ]) {
-            c.push(v);
-        }
-        created.push(row.created_at);
-        updated.push(row.updated_at);
+    let mut t = Cols::default();
+    for r in changes.positions.iter().filter_map(|k| state.position(k)) {
+        t.text(0, checksum(&r.account_id));
+        t.text(1, r.term_id.to_string());
+        t.num(0, &r.curve_id);
+        t.num(1, &r.shares);
+        t.num(2, &r.total_deposit_assets_after_total_fees);
+        t.num(3, &r.total_redeem_assets_for_receiver);
+        t.time(0, r.created_at);
+        t.time(1, r.updated_at);
     }
-    let [account, term_id, curve, shares, deposits, redeems] = cols;
-    out.push(RowSet {
-        table: "position",
-        key: &["account_id", "term_id", "curve_id"],
-        columns: vec![
-            ("account_id", Column::Text(account)),
-            ("term_id", Column::Text(term_id)),
-            ("curve_id", Column::Numeric(curve)),
-            ("shares", Column::Numeric(shares)),
-            (
-                "total_deposit_assets_after_total_fees",
-                Column::Numeric(deposits),
-            ),
-            ("total_redeem_assets_for_receiver", Column::Numeric(redeems)),
-            ("created_at", Column::Timestamp(created)),
-            ("updated_at", Column::Timestamp(updated)),
+    out.push(t.rowset(
+        "position",
+        &["account_id", "term_id", "curve_id"],
+        &[
+            ("account_id", T(0)),
+            ("term_id", T(1)),
+            ("curve_id", N(0)),
+            ("shares", N(1)),
+            ("total_deposit_assets_after_total_fees", N(2)),
+            ("total_redeem_assets_for_receiver", N(3)),
+            ("created_at", Ts(0)),
+            ("updated_at", Ts(1)),
         ],
-        on_conflict: OnConflict::Update,
-    });
+    ));
 
-    let mut cols: [Vec<String>; 7] = Default::default();
-    let mut count = vec![];
-    for row in changes.vaults.iter().filter_map(|k| state.vault(k)) {
-        for (c, v) in cols.iter_mut().zip([
-            row.term_id.to_string(),
-            numeric(&row.curve_id),
-            numeric(&row.total_shares),
-            numeric(&row.current_share_price),
-            numeric(&row.total_assets),
-            numeric(&row.market_cap),
-            row.vault_type.as_str().to_owned(),
-        ]) {
-            c.push(v);
-        }
-        count.push(row.position_count);
+    let mut t = Cols::default();
+    for r in changes.vaults.iter().filter_map(|k| state.vault(k)) {
+        t.text(0, r.term_id.to_string());
+        t.num(0, &r.curve_id);
+        t.num(1, &r.total_shares);
+        t.num(2, &r.current_share_price);
+        t.num(3, &r.total_assets);
+        t.num(4, &r.market_cap);
+        t.int(0, r.position_count);
+        t.text(1, r.vault_type.as_str().to_owned());
     }
-    let [term_id, curve, shares, price, assets, cap, vault_type] = cols;
-    out.push(RowSet {
-        table: "vault",
-        key: &["term_id", "curve_id"],
-        columns: vec![
-            ("term_id", Column::Text(term_id)),
-            ("curve_id", Column::Numeric(curve)),
-            ("total_shares", Column::Numeric(shares)),
-            ("current_share_price", Column::Numeric(price)),
-            ("total_assets", Column::Numeric(assets)),
-            ("market_cap", Column::Numeric(cap)),
-            ("position_count", Column::BigInt(count)),
-            ("vault_type", Column::Text(vault_type)),
+    out.push(t.rowset(
+        "vault",
+        &["term_id", "curve_id"],
+        &[
+            ("term_id", T(0)),
+            ("curve_id", N(0)),
+            ("total_shares", N(1)),
+            ("current_share_price", N(2)),
+            ("total_assets", N(3)),
+            ("market_cap", N(4)),
+            ("position_count", I(0)),
+            ("vault_type", T(1)),
         ],
-        on_conflict: OnConflict::Update,
-    });
+    ));
 
-    let (mut id, mut ty, mut atom_id, mut triple_id, mut assets, mut cap) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for row in changes.terms.iter().filter_map(|t| state.term(t)) {
-        id.push(row.id.to_string());
-        ty.push(row.term_type.as_str().to_owned());
-        atom_id.push(row.atom_id.map(|a| a.to_string()));
-        triple_id.push(row.triple_id.map(|a| a.to_string()));
-        assets.push(numeric(&row.total_assets));
-        cap.push(numeric(&row.total_market_cap));
+    let mut t = Cols::default();
+    for r in changes.terms.iter().filter_map(|id| state.term(id)) {
+        t.text(0, r.id.to_string());
+        t.text(1, r.term_type.as_str().to_owned());
+        t.opt_text(0, r.atom_id.map(|a| a.to_string()));
+        t.opt_text(1, r.triple_id.map(|a| a.to_string()));
+        t.num(0, &r.total_assets);
+        t.num(1, &r.total_market_cap);
     }
-    out.push(RowSet {
-        table: "term",
-        key: &["id"],
-        columns: vec![
-            ("id", Column::Text(id)),
-            ("type", Column::Text(ty)),
-            ("atom_id", Column::NullableText(atom_id)),
-            ("triple_id", Column::NullableText(triple_id)),
-            ("total_assets", Column::Numeric(assets)),
-            ("total_market_cap", Column::Numeric(cap)),
+    out.push(t.rowset(
+        "term",
+        &["id"],
+        &[
+            ("id", T(0)),
+            ("type", T(1)),
+            ("atom_id", O(0)),
+            ("triple_id", O(1)),
+            ("total_assets", N(0)),
+            ("total_market_cap", N(1)),
         ],
-        on_conflict: OnConflict::Update,
-    });
+    ));
     out.retain(|r| !r.is_empty());
     out
 }
 
-/// Upserts of triple_vault rows.
+/// Upserts of triple_vault rows (conflict target: `(term_id, counter_term_id, curve_id)`).
 pub fn triple_vault_rows(rows: &[TripleVaultRow]) -> RowSet {
-    let mut cols: [Vec<String>; 6] = Default::default();
-    let mut count = vec![];
+    let mut t = Cols::default();
     for r in rows {
-        for (c, v) in cols.iter_mut().zip([
-            r.term_id.to_string(),
-            r.counter_term_id.to_string(),
-            numeric(&r.curve_id),
-            numeric(&r.total_shares),
-            numeric(&r.total_assets),
-            numeric(&r.market_cap),
-        ]) {
-            c.push(v);
-        }
-        count.push(r.position_count);
+        t.text(0, r.term_id.to_string());
+        t.text(1, r.counter_term_id.to_string());
+        t.num(0, &r.curve_id);
+        t.num(1, &r.total_shares);
+        t.num(2, &r.total_assets);
+        t.int(0, r.position_count);
+        t.num(3, &r.market_cap);
     }
-    let [term_id, counter, curve, shares, assets, cap] = cols;
-    RowSet {
-        table: "triple_vault",
-        key: &["term_id", "counter_term_id", "curve_id"],
-        columns: vec![
-            ("term_id", Column::Text(term_id)),
-            ("counter_term_id", Column::Text(counter)),
-            ("curve_id", Column::Numeric(curve)),
-            ("total_shares", Column::Numeric(shares)),
-            ("total_assets", Column::Numeric(assets)),
-            ("position_count", Column::BigInt(count)),
-            ("market_cap", Column::Numeric(cap)),
+    t.rowset(
+        "triple_vault",
+        &["term_id", "counter_term_id", "curve_id"],
+        &[
+            ("term_id", T(0)),
+            ("counter_term_id", T(1)),
+            ("curve_id", N(0)),
+            ("total_shares", N(1)),
+            ("total_assets", N(2)),
+            ("position_count", I(0)),
+            ("market_cap", N(3)),
         ],
-        on_conflict: OnConflict::Update,
+    )
+}
+
+/// Which buffer of [`Cols`] a column takes its values from.
+#[derive(Clone, Copy)]
+enum Src {
+    T(usize),
+    O(usize),
+    N(usize),
+    I(usize),
+    Ts(usize),
+    B,
+}
+use Src::{Ts, B, I, N, O, T};
+
+/// Column buffers of one table under construction, numbered per kind.
+#[derive(Default)]
+struct Cols {
+    text: Vec<Vec<String>>,
+    opt_text: Vec<Vec<Option<String>>>,
+    num: Vec<Vec<PgNumeric>>,
+    int: Vec<Vec<i64>>,
+    time: Vec<Vec<Option<i64>>>,
+    bytes: Vec<Vec<u8>>,
+}
+
+fn slot<V>(v: &mut Vec<Vec<V>>, i: usize) -> &mut Vec<V> {
+    while v.len() <= i {
+        v.push(Vec::new());
+    }
+    &mut v[i]
+}
+
+impl Cols {
+    fn text(&mut self, i: usize, v: String) {
+        slot(&mut self.text, i).push(v);
+    }
+    fn opt_text(&mut self, i: usize, v: Option<String>) {
+        slot(&mut self.opt_text, i).push(v);
+    }
+    fn num(&mut self, i: usize, v: &U256) {
+        slot(&mut self.num, i).push(numeric(v));
+    }
+    fn int(&mut self, i: usize, v: i64) {
+        slot(&mut self.int, i).push(v);
+    }
+    fn time(&mut self, i: usize, v: Option<i64>) {
+        slot(&mut self.time, i).push(v);
+    }
+    fn bytes(&mut self, v: Vec<u8>) {
+        self.bytes.push(v);
+    }
+
+    fn rowset(
+        mut self,
+        table: &'static str,
+        key: &'static [&'static str],
+        layout: &[(&'static str, Src)],
+    ) -> RowSet {
+        let columns = layout
+            .iter()
+            .map(|(name, src)| {
+                let col = match *src {
+                    T(i) => Column::Text(std::mem::take(slot(&mut self.text, i))),
+                    O(i) => Column::NullableText(std::mem::take(slot(&mut self.opt_text, i))),
+                    N(i) => Column::Numeric(std::mem::take(slot(&mut self.num, i))),
+                    I(i) => Column::BigInt(std::mem::take(slot(&mut self.int, i))),
+                    Ts(i) => Column::Timestamp(times(std::mem::take(slot(&mut self.time, i)))),
+                    B => Column::Bytea(std::mem::take(&mut self.bytes)),
+                };
+                (*name, col)
+            })
+            .collect();
+        RowSet {
+            table,
+            key,
+            columns,
+            on_conflict: OnConflict::Update,
+        }
     }
 }

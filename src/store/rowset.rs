@@ -9,9 +9,11 @@
 //! One bind parameter per column, so Postgres's 65,535-parameter limit never applies. uint256
 //! values travel as decimal text and are cast to NUMERIC by Postgres; times travel as Unix seconds.
 
+use diesel::pg::data_types::{PgNumeric, PgTimestamp};
 use diesel::pg::Pg;
-use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Binary, Nullable, Numeric, Text, Timestamptz};
 use diesel_async::AsyncPgConnection;
+use primitive_types::U256;
 
 /// One column of values, typed by how it is stored.
 #[derive(Debug, Clone)]
@@ -20,11 +22,11 @@ pub enum Column {
     NullableText(Vec<Option<String>>),
     BigInt(Vec<i64>),
     NullableBigInt(Vec<Option<i64>>),
-    /// Decimal text of a uint256, stored as NUMERIC(78,0).
-    Numeric(Vec<String>),
+    /// A uint256, stored as NUMERIC(78,0), sent in Postgres's binary form (no text parsing).
+    Numeric(Vec<PgNumeric>),
     Bytea(Vec<Vec<u8>>),
-    /// Unix seconds, stored as TIMESTAMPTZ; `None` is NULL.
-    Timestamp(Vec<Option<i64>>),
+    /// A time, stored as TIMESTAMPTZ (binary); `None` is NULL.
+    Timestamp(Vec<Option<PgTimestamp>>),
     /// JSON text, stored as JSONB.
     Jsonb(Vec<String>),
 }
@@ -32,23 +34,26 @@ pub enum Column {
 impl Column {
     fn len(&self) -> usize {
         match self {
-            Column::Text(v) | Column::Numeric(v) | Column::Jsonb(v) => v.len(),
+            Column::Text(v) | Column::Jsonb(v) => v.len(),
+            Column::Numeric(v) => v.len(),
             Column::NullableText(v) => v.len(),
             Column::BigInt(v) => v.len(),
-            Column::NullableBigInt(v) | Column::Timestamp(v) => v.len(),
+            Column::NullableBigInt(v) => v.len(),
+            Column::Timestamp(v) => v.len(),
             Column::Bytea(v) => v.len(),
         }
     }
 
     fn append(&mut self, other: Column) {
         match (self, other) {
-            (Column::Text(a), Column::Text(b))
-            | (Column::Numeric(a), Column::Numeric(b))
-            | (Column::Jsonb(a), Column::Jsonb(b)) => a.extend(b),
+            (Column::Text(a), Column::Text(b)) | (Column::Jsonb(a), Column::Jsonb(b)) => {
+                a.extend(b)
+            }
+            (Column::Numeric(a), Column::Numeric(b)) => a.extend(b),
             (Column::NullableText(a), Column::NullableText(b)) => a.extend(b),
             (Column::BigInt(a), Column::BigInt(b)) => a.extend(b),
-            (Column::NullableBigInt(a), Column::NullableBigInt(b))
-            | (Column::Timestamp(a), Column::Timestamp(b)) => a.extend(b),
+            (Column::NullableBigInt(a), Column::NullableBigInt(b)) => a.extend(b),
+            (Column::Timestamp(a), Column::Timestamp(b)) => a.extend(b),
             (Column::Bytea(a), Column::Bytea(b)) => a.extend(b),
             (a, b) => unreachable!("appending column {b:?} to a column of another type {a:?}"),
         }
@@ -59,18 +64,59 @@ impl Column {
         match self {
             Column::Text(_) | Column::NullableText(_) => ("text[]", format!("u.{name}")),
             Column::BigInt(_) | Column::NullableBigInt(_) => ("int8[]", format!("u.{name}")),
-            Column::Numeric(_) => ("text[]", format!("u.{name}::numeric")),
+            Column::Numeric(_) => ("numeric[]", format!("u.{name}")),
             Column::Bytea(_) => ("bytea[]", format!("u.{name}")),
-            Column::Timestamp(_) => ("int8[]", format!("to_timestamp(u.{name})")),
+            Column::Timestamp(_) => ("timestamptz[]", format!("u.{name}")),
             Column::Jsonb(_) => ("text[]", format!("u.{name}::jsonb")),
         }
     }
 }
 
+/// A uint256 in Postgres's binary NUMERIC form: base-10000 digit groups, most significant first,
+/// `weight` the index of the first group before the decimal point, trailing zero groups dropped.
+pub fn pg_numeric(v: &U256) -> PgNumeric {
+    let mut groups: Vec<i16> = Vec::with_capacity(20);
+    if v.bits() <= 128 {
+        let mut x = v.low_u128();
+        while x > 0 {
+            groups.push((x % 10_000) as i16);
+            x /= 10_000;
+        }
+    } else {
+        let mut x = *v;
+        let base = U256::from(10_000u64);
+        while !x.is_zero() {
+            let (q, r) = x.div_mod(base);
+            groups.push(r.low_u64() as i16);
+            x = q;
+        }
+    }
+    let weight = groups.len() as i16 - 1;
+    groups.reverse();
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    PgNumeric::Positive {
+        weight: weight.max(0),
+        scale: 0,
+        digits: groups,
+    }
+}
+
+/// Unix seconds as a Postgres timestamp (microseconds since 2000-01-01T00:00:00Z).
+pub fn pg_timestamp(unix_seconds: i64) -> PgTimestamp {
+    const PG_EPOCH: i64 = 946_684_800;
+    PgTimestamp((unix_seconds - PG_EPOCH).saturating_mul(1_000_000))
+}
+
 /// What to do when a row's key already exists.
 #[derive(Debug, Clone, Copy)]
 pub enum OnConflict {
-    /// Keep the stored row (the event log: the first delivery of an identity stays).
+    /// No conflict is possible: a conflict is an error that fails the transaction. The event log
+    /// is written this way — the fold admits only identities not yet committed, so a conflict
+    /// would mean a second writer, and the batch must not commit.
+    Fail,
+    /// Keep the stored row.
     Ignore,
     /// Replace every non-key column (derived rows: the new value is the truth).
     Update,
@@ -113,48 +159,54 @@ impl RowSet {
             exprs.push(expr);
         }
         let conflict = match self.on_conflict {
-            OnConflict::Ignore => "DO NOTHING".to_owned(),
+            OnConflict::Fail => String::new(),
+            OnConflict::Ignore => format!("ON CONFLICT ({}) DO NOTHING", self.key.join(", ")),
             OnConflict::Update => {
                 let sets: Vec<String> = names
                     .iter()
                     .filter(|n| !self.key.contains(n))
                     .map(|n| format!("{n} = EXCLUDED.{n}"))
                     .collect();
-                format!("DO UPDATE SET {}", sets.join(", "))
+                format!(
+                    "ON CONFLICT ({}) DO UPDATE SET {}",
+                    self.key.join(", "),
+                    sets.join(", ")
+                )
             }
         };
         format!(
-            "INSERT INTO {table} ({cols}) SELECT {exprs} FROM UNNEST({params}) AS u({cols}) \
-             ON CONFLICT ({key}) {conflict}",
+            "INSERT INTO {table} ({cols}) SELECT {exprs} FROM UNNEST({params}) AS u({cols}) {conflict}",
             table = self.table,
             cols = names.join(", "),
             exprs = exprs.join(", "),
             params = params.join(", "),
-            key = self.key.join(", "),
         )
+        .trim_end()
+        .to_owned()
     }
 
-    /// Writes the rows; returns the number of rows inserted or updated.
-    pub async fn write(&self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
+    /// Writes the rows; returns the number of rows inserted or updated. Takes a shared
+    /// connection so that several row sets can be sent at once (diesel-async pipelines futures
+    /// polled together): Postgres executes them one after the other without waiting for us.
+    pub async fn write(&self, conn: &AsyncPgConnection) -> diesel::QueryResult<usize> {
         use diesel_async::RunQueryDsl;
         if self.is_empty() {
             return Ok(0);
         }
+        let mut conn = conn;
         let mut query = diesel::sql_query(self.sql()).into_boxed::<Pg>();
         for (_, column) in &self.columns {
             query = match column {
-                Column::Text(v) | Column::Numeric(v) | Column::Jsonb(v) => {
-                    query.bind::<Array<Text>, _>(v)
-                }
+                Column::Text(v) | Column::Jsonb(v) => query.bind::<Array<Text>, _>(v),
+                Column::Numeric(v) => query.bind::<Array<Numeric>, _>(v),
+                Column::Timestamp(v) => query.bind::<Array<Nullable<Timestamptz>>, _>(v),
                 Column::NullableText(v) => query.bind::<Array<Nullable<Text>>, _>(v),
                 Column::BigInt(v) => query.bind::<Array<BigInt>, _>(v),
-                Column::NullableBigInt(v) | Column::Timestamp(v) => {
-                    query.bind::<Array<Nullable<BigInt>>, _>(v)
-                }
+                Column::NullableBigInt(v) => query.bind::<Array<Nullable<BigInt>>, _>(v),
                 Column::Bytea(v) => query.bind::<Array<Binary>, _>(v),
             };
         }
-        query.execute(conn).await
+        query.execute(&mut conn).await
     }
 }
 
@@ -163,21 +215,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn numeric_groups() {
+        let n = |v: U256| match pg_numeric(&v) {
+            PgNumeric::Positive {
+                weight,
+                scale,
+                digits,
+            } => (weight, scale, digits),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(n(U256::zero()), (0, 0, vec![]));
+        assert_eq!(n(U256::from(7u64)), (0, 0, vec![7]));
+        assert_eq!(n(U256::from(10_000u64)), (1, 0, vec![1]));
+        assert_eq!(n(U256::from(123_456_789u64)), (2, 0, vec![1, 2345, 6789]));
+        assert_eq!(
+            n(U256::from(1_000_000_000_000_000_000u128)),
+            (4, 0, vec![100])
+        );
+        let max = n(U256::MAX);
+        assert_eq!(
+            (max.0, max.2.len(), max.2[0], *max.2.last().expect("digits")),
+            (19, 20, 11, 9935)
+        );
+    }
+
+    #[test]
+    fn timestamps_count_from_2000() {
+        assert_eq!(pg_timestamp(946_684_800).0, 0);
+        assert_eq!(pg_timestamp(946_684_801).0, 1_000_000);
+    }
+
+    #[test]
     fn sql_upserts_every_non_key_column() {
         let rows = RowSet {
             table: "vault",
             key: &["term_id", "curve_id"],
             columns: vec![
                 ("term_id", Column::Text(vec!["0x1".into()])),
-                ("curve_id", Column::Numeric(vec!["1".into()])),
+                ("curve_id", Column::Numeric(vec![pg_numeric(&U256::one())])),
                 ("position_count", Column::BigInt(vec![3])),
             ],
             on_conflict: OnConflict::Update,
         };
         assert_eq!(
             rows.sql(),
-            "INSERT INTO vault (term_id, curve_id, position_count) SELECT u.term_id, u.curve_id::numeric, \
-             u.position_count FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(term_id, curve_id, position_count) \
+            "INSERT INTO vault (term_id, curve_id, position_count) SELECT u.term_id, u.curve_id, \
+             u.position_count FROM UNNEST($1::text[], $2::numeric[], $3::int8[]) AS u(term_id, curve_id, position_count) \
              ON CONFLICT (term_id, curve_id) DO UPDATE SET position_count = EXCLUDED.position_count"
         );
     }

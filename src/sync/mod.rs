@@ -44,6 +44,9 @@ pub struct SyncStats {
     pub restarts: AtomicU64,
     /// Commit time of every batch, in microseconds (bounded: the newest 100,000).
     pub commit_micros: Mutex<Vec<u64>>,
+    /// When the first entries were read, and when the last batch committed.
+    pub first_read: Mutex<Option<Instant>>,
+    pub last_commit: Mutex<Option<Instant>>,
 }
 
 impl SyncStats {
@@ -53,6 +56,15 @@ impl SyncStats {
                 v.drain(..50_000);
             }
             v.push(d.as_micros() as u64);
+        }
+        if let Ok(mut t) = self.last_commit.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    fn record_read(&self) {
+        if let Ok(mut t) = self.first_read.lock() {
+            t.get_or_insert_with(Instant::now);
         }
     }
 }
@@ -166,7 +178,13 @@ async fn pipeline(
         if entries.is_empty() {
             continue;
         }
+        stats.record_read();
+        let prepare_started = Instant::now();
         let prepared = tokio::task::block_in_place(|| prepare(&mut shards, entries, settings));
+        tracing::trace!(
+            micros = prepare_started.elapsed().as_micros() as u64,
+            "prepared batch"
+        );
         if tx.send(prepared).await.is_err() {
             break Ok(()); // the writer stopped: its result says why
         }
