@@ -13,7 +13,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::config::{Connections, SyncSettings};
+use crate::config::{AnalyticsSettings, Connections, SyncSettings};
 use crate::domain::{Changes, State};
 use crate::ingest::decode::{decode_envelope, Envelope};
 use crate::ingest::publish::{publish, PublishOptions};
@@ -160,7 +160,12 @@ pub async fn sync(
         workers: opts.workers,
         processing_timeout_ms: 60_000,
         max_retries: 3,
-        term_updates_stream: term_updates.clone(),
+        analytics: AnalyticsSettings {
+            term_updates_stream: term_updates.clone(),
+            consumer_group_suffix: String::new(),
+            analytics_batch_size: 500,
+        },
+        no_analytics: false,
     };
     let stats = Arc::new(SyncStats::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub use crate::analytics::{AnalyticsRun, AnalyticsSettings};
+
 /// Default `DATABASE_URL`: the local server with trust auth, database `redis_postgres_sync`
 /// (created on first start if missing).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/redis_postgres_sync";
@@ -61,9 +63,11 @@ pub struct SyncSettings {
     /// Retries of a failed database or Redis operation before the pipeline restarts.
     #[arg(long, env = "MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub max_retries: u32,
-    /// Stream that receives the ids of changed terms, for the analytics consumer.
-    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = "term_updates")]
-    pub term_updates_stream: String,
+    #[command(flatten)]
+    pub analytics: AnalyticsSettings,
+    /// Do not run the analytics consumer in this process (run `analytics` separately).
+    #[arg(long, env = "NO_ANALYTICS")]
+    pub no_analytics: bool,
 }
 
 impl SyncSettings {
@@ -83,13 +87,14 @@ impl SyncSettings {
         {
             return Err("CONSUMER_NAME: must not be empty".into());
         }
-        if self.term_updates_stream.trim().is_empty() {
-            return Err("TERM_UPDATES_STREAM: must not be empty".into());
-        }
-        if self.redis_streams.contains(&self.term_updates_stream) {
+        self.analytics.validate()?;
+        if self
+            .redis_streams
+            .contains(&self.analytics.term_updates_stream)
+        {
             return Err(format!(
                 "TERM_UPDATES_STREAM: {:?} is also an input stream in REDIS_STREAMS",
-                self.term_updates_stream
+                self.analytics.term_updates_stream
             ));
         }
         Ok(())
@@ -107,6 +112,60 @@ impl SyncSettings {
 
     pub fn processing_timeout(&self) -> Duration {
         Duration::from_millis(self.processing_timeout_ms)
+    }
+
+    /// The analytics consumer that runs beside this sync.
+    pub fn analytics_run(&self, consumer: &str) -> AnalyticsRun {
+        AnalyticsRun {
+            connections: self.connections.clone(),
+            settings: self.analytics.clone(),
+            consumer: consumer.to_owned(),
+            block: self.batch_timeout(),
+            processing_timeout: self.processing_timeout(),
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+/// Settings of the standalone `analytics` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct AnalyticsArgs {
+    #[command(flatten)]
+    pub connections: Connections,
+    #[command(flatten)]
+    pub analytics: AnalyticsSettings,
+    /// Consumer name within the analytics group [default: analytics-<random uuid>].
+    #[arg(long, env = "CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+    /// How long a read waits for term updates, in milliseconds.
+    #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub batch_timeout_ms: u64,
+    /// A batch not committed within this time is abandoned and retried. Milliseconds.
+    #[arg(long, env = "PROCESSING_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub processing_timeout_ms: u64,
+    /// Retries of a failed database or Redis operation before the consumer restarts.
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_retries: u32,
+}
+
+impl AnalyticsArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_connections(&self.connections)?;
+        self.analytics.validate()
+    }
+
+    pub fn run(&self) -> AnalyticsRun {
+        AnalyticsRun {
+            connections: self.connections.clone(),
+            settings: self.analytics.clone(),
+            consumer: self
+                .consumer_name
+                .clone()
+                .unwrap_or_else(|| format!("analytics-{}", uuid::Uuid::new_v4())),
+            block: Duration::from_millis(self.batch_timeout_ms),
+            processing_timeout: Duration::from_millis(self.processing_timeout_ms),
+            max_retries: self.max_retries,
+        }
     }
 }
 

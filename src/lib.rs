@@ -4,6 +4,7 @@
 //! Data flows stream → [`ingest`] (decode) → [`domain`] (fold) → store → publish → analytics.
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod analytics;
 pub mod bench;
 pub mod config;
 pub mod domain;

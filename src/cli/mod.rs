@@ -7,7 +7,7 @@ mod fixture;
 mod publish;
 mod sync;
 
-use redis_postgres_sync::config::{Connections, SyncSettings};
+use redis_postgres_sync::config::{AnalyticsArgs, Connections, SyncSettings};
 
 /// Keeps PostgreSQL in step with Intuition MultiVault events that rindexer publishes to Redis
 /// streams: an event log, base state (atom, triple, position, vault, term) and triple-level
@@ -45,6 +45,12 @@ pub enum Command {
     /// log, the changed base rows and the progress in one transaction, then publishes changed
     /// term ids to TERM_UPDATES_STREAM and acknowledges. Runs migrations first.
     Sync(SyncSettings),
+    /// Run only the analytics consumer (when `sync` runs with --no-analytics elsewhere).
+    ///
+    /// Consumes TERM_UPDATES_STREAM with group `analytics<CONSUMER_GROUP_SUFFIX>` and keeps
+    /// triple_vault, triple_term, predicate_object and subject_predicate up to date. Several
+    /// instances are safe: their transactions take turns on an advisory lock.
+    Analytics(AnalyticsArgs),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate(Connections),
     /// Generate a realistic, deterministic event history as rindexer JSON lines.
@@ -85,6 +91,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(settings) => {
             invalid_setting(settings.validate());
             runtime()?.block_on(sync::run(settings))
+        }
+        Command::Analytics(args) => {
+            invalid_setting(args.validate());
+            runtime()?.block_on(sync::analytics(args))
         }
         Command::Migrate(connections) => {
             invalid_setting(redis_postgres_sync::config::validate_connections(

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use redis_postgres_sync::config::{Connections, SyncSettings};
-use redis_postgres_sync::{store, sync};
+use redis_postgres_sync::config::{AnalyticsArgs, Connections, SyncSettings};
+use redis_postgres_sync::{analytics, store, sync};
 
 pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     tracing::info!(
         database = %store::redact(&settings.connections.database_url),
         redis = %store::redact(&settings.connections.redis_url),
@@ -14,7 +15,29 @@ pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
         "starting sync"
     );
     let stats = Arc::new(sync::SyncStats::default());
-    sync::run(settings, stats, shutdown_signal()).await?;
+    let analytics_stats = Arc::new(analytics::AnalyticsStats::default());
+    sync::service(settings, stats, analytics_stats, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn analytics(args: AnalyticsArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let run = args.run();
+    tracing::info!(
+        database = %store::redact(&run.connections.database_url),
+        stream = %run.settings.term_updates_stream,
+        group = %run.settings.group(),
+        "starting the analytics consumer"
+    );
+    store::create_database_if_missing(&run.connections.database_url).await?;
+    store::migrate(&run.connections.database_url).await?;
+    analytics::run(
+        run,
+        Arc::new(analytics::AnalyticsStats::default()),
+        shutdown,
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -36,26 +59,38 @@ pub async fn migrate(connections: Connections) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called (not when it
+/// is first polled), so a signal during start-up is not lost. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = int.recv() => tracing::info!("SIGINT: finishing the batch in flight"),
+                        _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in flight"),
+                    }
+                    let _ = tx.send(());
+                });
+            }
+            _ => tracing::warn!("cannot install signal handlers; stop with SIGKILL"),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    async move {
+        if rx.await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: finishing the batch in flight"),
-        _ = term => tracing::info!("SIGTERM: finishing the batch in flight"),
     }
 }

@@ -6,6 +6,8 @@
 //! incrementally with exact add/remove ([`PairAggregate`]), which is what lets the consumer touch
 //! only the pairs of the triples that changed.
 
+use std::collections::{BTreeMap, HashMap};
+
 use primitive_types::U256;
 
 use super::math::{self, Total};
@@ -111,6 +113,94 @@ impl PairAggregate {
     }
 }
 
+/// A triple as the analytics consumer reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TripleKeys {
+    pub term_id: TermId,
+    pub counter_term_id: TermId,
+    pub subject_id: TermId,
+    pub predicate_id: TermId,
+    pub object_id: TermId,
+}
+
+/// A change to one pair aggregate: counts to add (negative to take away) and market cap to add
+/// and to take away (kept apart: uint256 has no sign).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PairDelta {
+    pub triple_count: i64,
+    pub position_count: i64,
+    pub market_cap_add: U256,
+    pub market_cap_sub: U256,
+}
+
+impl PairDelta {
+    fn add(&mut self, t: &TripleTermRow, sign: i64) {
+        self.triple_count += sign;
+        self.position_count += sign * t.total_position_count;
+        if sign > 0 {
+            self.market_cap_add = self.market_cap_add.saturating_add(t.total_market_cap);
+        } else {
+            self.market_cap_sub = self.market_cap_sub.saturating_add(t.total_market_cap);
+        }
+    }
+
+    /// Whether applying it changes nothing.
+    pub fn is_zero(&self) -> bool {
+        self.triple_count == 0
+            && self.position_count == 0
+            && self.market_cap_add == self.market_cap_sub
+    }
+}
+
+/// What one analytics batch writes, computed from what it read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recomputed {
+    /// The full triple_vault rows of every affected triple.
+    pub triple_vaults: Vec<TripleVaultRow>,
+    pub triple_terms: Vec<TripleTermRow>,
+    pub predicate_object: Vec<(PairKey, PairDelta)>,
+    pub subject_predicate: Vec<(PairKey, PairDelta)>,
+}
+
+/// Recomputes the triple-level rows of `triples` from the current vault figures, and the pair
+/// deltas that move each triple's contribution from its stored triple_term (`stored`, absent for
+/// a new triple) to the new one. Incremental and exact: a pair aggregate only ever gains and loses
+/// whole triple contributions.
+pub fn recompute(
+    triples: &[TripleKeys],
+    vaults: &HashMap<TermId, Vec<(U256, VaultFigures)>>,
+    stored: &HashMap<TermId, TripleTermRow>,
+) -> Recomputed {
+    let mut out = Recomputed::default();
+    let mut po: BTreeMap<PairKey, PairDelta> = BTreeMap::new();
+    let mut sp: BTreeMap<PairKey, PairDelta> = BTreeMap::new();
+    let none = Vec::new();
+    for t in triples {
+        let rows = triple_vault_rows(
+            t.term_id,
+            t.counter_term_id,
+            vaults.get(&t.term_id).unwrap_or(&none),
+            vaults.get(&t.counter_term_id).unwrap_or(&none),
+        );
+        let new = triple_term_row(t.term_id, t.counter_term_id, &rows);
+        let (po_key, sp_key) = (
+            (t.predicate_id, t.object_id),
+            (t.subject_id, t.predicate_id),
+        );
+        if let Some(old) = stored.get(&t.term_id) {
+            po.entry(po_key).or_default().add(old, -1);
+            sp.entry(sp_key).or_default().add(old, -1);
+        }
+        po.entry(po_key).or_default().add(&new, 1);
+        sp.entry(sp_key).or_default().add(&new, 1);
+        out.triple_vaults.extend(rows);
+        out.triple_terms.push(new);
+    }
+    out.predicate_object = po.into_iter().filter(|(_, d)| !d.is_zero()).collect();
+    out.subject_predicate = sp.into_iter().filter(|(_, d)| !d.is_zero()).collect();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +276,56 @@ mod tests {
             (empty.total_assets, empty.total_position_count),
             (U256::zero(), 0)
         );
+    }
+
+    #[test]
+    fn recompute_moves_only_the_change_into_the_pairs() {
+        let (s, p, o) = (Bytes32([5; 32]), Bytes32([6; 32]), Bytes32([7; 32]));
+        let t = TripleKeys {
+            term_id: P,
+            counter_term_id: C,
+            subject_id: s,
+            predicate_id: p,
+            object_id: o,
+        };
+        let vaults: HashMap<TermId, Vec<(U256, VaultFigures)>> = [
+            (P, vec![(U256::one(), figures(10, 20, 30, 2))]),
+            (C, vec![(U256::one(), figures(1, 2, 3, 1))]),
+        ]
+        .into();
+        // New triple: the pairs gain one triple with its whole contribution.
+        let first = recompute(&[t], &vaults, &HashMap::new());
+        assert_eq!(first.triple_vaults.len(), 1);
+        assert_eq!(first.triple_terms[0].total_market_cap, U256::from(33));
+        let d = &first.predicate_object[0];
+        assert_eq!(
+            (
+                d.0,
+                d.1.triple_count,
+                d.1.position_count,
+                d.1.market_cap_add
+            ),
+            ((p, o), 1, 3, U256::from(33))
+        );
+        assert_eq!(first.subject_predicate[0].0, (s, p));
+        // Known triple, one vault moved: the pairs get the difference only.
+        let stored: HashMap<TermId, TripleTermRow> = [(P, first.triple_terms[0].clone())].into();
+        let moved: HashMap<TermId, Vec<(U256, VaultFigures)>> = [
+            (P, vec![(U256::one(), figures(10, 20, 50, 1))]),
+            (C, vec![(U256::one(), figures(1, 2, 3, 1))]),
+        ]
+        .into();
+        let second = recompute(&[t], &moved, &stored);
+        let d = &second.predicate_object[0].1;
+        assert_eq!((d.triple_count, d.position_count), (0, -1));
+        assert_eq!(
+            (d.market_cap_add, d.market_cap_sub),
+            (U256::from(53), U256::from(33))
+        );
+        // Nothing moved: no pair delta at all (redelivery is harmless).
+        let same = recompute(&[t], &vaults, &stored);
+        assert!(same.predicate_object.is_empty() && same.subject_predicate.is_empty());
+        assert_eq!(same.triple_terms, first.triple_terms);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and publishing term updates.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
@@ -13,7 +13,7 @@ use redis::streams::{
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Value};
 
 /// Entry fields that may hold the envelope JSON, in order of preference (SPEC §1).
-pub const PAYLOAD_FIELDS: [&str; 3] = ["payload", "event_data", "data"];
+pub const PAYLOAD_FIELDS: &[&str] = &["payload", "event_data", "data"];
 
 /// One stream entry as read.
 #[derive(Debug, Clone)]
@@ -26,8 +26,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn from_stream_id(stream: &str, s: StreamId) -> Self {
-        let payload = PAYLOAD_FIELDS.iter().find_map(|f| match s.map.get(*f) {
+    fn from_stream_id(stream: &str, s: StreamId, fields: &[&str]) -> Self {
+        let payload = fields.iter().find_map(|f| match s.map.get(*f) {
             Some(Value::BulkString(b)) => Some(b.clone()),
             Some(Value::SimpleString(t)) => Some(t.clone().into_bytes()),
             _ => None,
@@ -69,6 +69,8 @@ pub struct GroupReader {
     history_left: Vec<(String, String)>,
     /// Next XAUTOCLAIM start id per stream in the current round; `None` once scanned to the end.
     claim_cursor: HashMap<String, Option<String>>,
+    /// The entry fields that may hold the payload, in order of preference.
+    fields: &'static [&'static str],
 }
 
 impl GroupReader {
@@ -78,6 +80,7 @@ impl GroupReader {
         streams: Vec<String>,
         group: String,
         consumer: String,
+        fields: &'static [&'static str],
     ) -> anyhow::Result<Self> {
         for s in &streams {
             ensure_group(&mut conn, s, &group).await?;
@@ -89,6 +92,7 @@ impl GroupReader {
                 .map(|s| (s.clone(), "0".to_owned()))
                 .collect(),
             claim_cursor: streams.iter().map(|s| (s.clone(), None)).collect(),
+            fields,
             streams,
             group,
             consumer,
@@ -118,7 +122,7 @@ impl GroupReader {
             if !ids.is_empty() {
                 return Ok(ids
                     .into_iter()
-                    .map(|s| Entry::from_stream_id(&stream, s))
+                    .map(|s| Entry::from_stream_id(&stream, s, self.fields))
                     .collect());
             }
         }
@@ -177,7 +181,7 @@ impl GroupReader {
                 reply
                     .claimed
                     .into_iter()
-                    .map(|s| Entry::from_stream_id(&stream, s)),
+                    .map(|s| Entry::from_stream_id(&stream, s, self.fields)),
             );
         }
         Ok(out)
@@ -202,6 +206,7 @@ impl GroupReader {
         count: usize,
         block: Option<Duration>,
     ) -> anyhow::Result<Vec<Entry>> {
+        let fields = self.fields;
         let mut opts = StreamReadOptions::default()
             .group(&self.group, &self.consumer)
             .count(count);
@@ -221,11 +226,82 @@ impl GroupReader {
                     .flat_map(|k| {
                         k.ids
                             .into_iter()
-                            .map(move |s| Entry::from_stream_id(&k.key, s))
+                            .map(move |s| Entry::from_stream_id(&k.key, s, fields))
                     })
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+/// Where the next entries come from: own pending entries first, then idle entries of other
+/// consumers, then new entries; idle entries are looked for again every processing timeout.
+#[derive(Debug)]
+pub struct EntrySource {
+    phase: Phase,
+    count: usize,
+    block: Duration,
+    min_idle: Duration,
+    last_claim: Instant,
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    OwnPending,
+    /// Claiming entries idle at least this long.
+    Claim(Duration),
+    New,
+}
+
+impl EntrySource {
+    /// `count` entries at most per call; new entries are waited for up to `block`; entries idle
+    /// `min_idle` with other consumers are claimed.
+    pub fn new(count: usize, block: Duration, min_idle: Duration) -> Self {
+        Self {
+            phase: Phase::OwnPending,
+            count,
+            block,
+            min_idle,
+            last_claim: Instant::now(),
+        }
+    }
+
+    /// The next entries (possibly none, after waiting `block`).
+    pub async fn next(&mut self, reader: &mut GroupReader) -> anyhow::Result<Vec<Entry>> {
+        loop {
+            match self.phase {
+                Phase::OwnPending => {
+                    let e = reader.read_own_pending(self.count).await?;
+                    if !e.is_empty() {
+                        return Ok(e);
+                    }
+                    // One writer per group (SPEC §4): at start, every other consumer is dead.
+                    self.phase = Phase::Claim(Duration::ZERO);
+                }
+                Phase::Claim(min_idle) => {
+                    let e = reader.claim_idle(min_idle, self.count).await?;
+                    if !e.is_empty() {
+                        return Ok(e);
+                    }
+                    if reader.claims_done() {
+                        self.phase = Phase::New;
+                        self.last_claim = Instant::now();
+                    }
+                }
+                Phase::New => {
+                    if self.last_claim.elapsed() >= self.min_idle {
+                        self.phase = Phase::Claim(self.min_idle);
+                        continue;
+                    }
+                    let wait = self.block.min(
+                        self.min_idle
+                            .saturating_sub(self.last_claim.elapsed())
+                            .max(Duration::from_millis(1)),
+                    );
+                    return reader.read_new(self.count, wait).await;
+                }
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! **Architecture Invariant:** a batch is one transaction; its progress rows and its outbox row
 //! commit with its data or not at all.
 
+pub mod analytics;
 pub mod load;
 pub mod rows;
 pub mod rowset;
@@ -101,16 +102,34 @@ pub async fn pool(url: &str, size: u32) -> anyhow::Result<Pool> {
         .with_context(|| format!("connecting to {}", redact(url)))
 }
 
-/// Runs pending migrations; returns the versions applied.
+/// Advisory lock key serialising migrations between processes starting together.
+const MIGRATION_LOCK: i64 = 7_310_411_862_190_233_170;
+
+/// Runs pending migrations; returns the versions applied. Processes that start together take
+/// turns (a session advisory lock), so a fresh database is migrated once.
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
-    let conn = AsyncPgConnection::establish(url)
+    let mut conn = AsyncPgConnection::establish(url)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))?;
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await
+        .context("taking the migration lock")?;
     let mut harness = AsyncMigrationHarness::new(conn);
     let applied = harness
         .run_pending_migrations(MIGRATIONS)
-        .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?;
-    Ok(applied.iter().map(|v| v.to_string()).collect())
+        .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let mut conn = harness.into_inner();
+    diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await
+        .context("releasing the migration lock")?;
+    Ok(applied)
 }
 
 /// What one stream contributed to a batch.

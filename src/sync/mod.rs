@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::SyncSettings;
 use crate::domain::Event;
 use crate::ingest::decode::{decode_envelope, Envelope};
-use crate::ingest::stream::{self, DeadLetter, Entry, GroupReader};
+use crate::ingest::stream::{self, DeadLetter, Entry, EntrySource, GroupReader};
 use crate::store::{self, BatchWrite, Pool, StreamProgress};
 use shards::Shards;
 
@@ -69,7 +69,42 @@ impl SyncStats {
     }
 }
 
-/// Runs the service until `shutdown` resolves; the batch in flight then commits (or is abandoned
+/// The whole service: migrations, then `sync` and (unless `no_analytics`) the analytics consumer
+/// side by side, until `shutdown` resolves; both finish their batch in flight.
+pub async fn service(
+    settings: SyncSettings,
+    stats: Arc<SyncStats>,
+    analytics_stats: Arc<crate::analytics::AnalyticsStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let url = &settings.connections.database_url;
+    store::create_database_if_missing(url).await?;
+    store::migrate(url).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let analytics = (!settings.no_analytics).then(|| {
+        let run = settings.analytics_run(&format!("analytics-{}", uuid::Uuid::new_v4()));
+        tokio::spawn(crate::analytics::run(
+            run,
+            analytics_stats,
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let synced = run(settings, stats, stopped(stop_rx)).await;
+    let analysed = match analytics {
+        Some(task) => task.await.context("the analytics task panicked")?,
+        None => Ok(()),
+    };
+    synced.and(analysed)
+}
+
+/// Runs the base sync until `shutdown` resolves; the batch in flight then commits (or is abandoned
 /// before its transaction) and `run` returns. A failure restarts the pipeline after a backoff.
 pub async fn run(
     settings: SyncSettings,
@@ -145,7 +180,12 @@ async fn pipeline(
         );
     }
     let mut redis_out = stream::connect(&settings.connections.redis_url).await?;
-    republish_outbox(&pool, &mut redis_out, &settings.term_updates_stream).await?;
+    republish_outbox(
+        &pool,
+        &mut redis_out,
+        &settings.analytics.term_updates_stream,
+    )
+    .await?;
 
     let reader_conn = stream::connect(&settings.connections.redis_url).await?;
     let mut reader = GroupReader::new(
@@ -153,6 +193,7 @@ async fn pipeline(
         settings.redis_streams.clone(),
         settings.consumer_group.clone(),
         consumer.to_owned(),
+        stream::PAYLOAD_FIELDS,
     )
     .await?;
     reader.restart_history();
@@ -166,7 +207,11 @@ async fn pipeline(
         stats.clone(),
         rx,
     ));
-    let mut source = Source::new(settings);
+    let mut source = EntrySource::new(
+        settings.batch_size as usize,
+        settings.batch_timeout(),
+        settings.processing_timeout(),
+    );
     let read_result: anyhow::Result<()> = loop {
         if *stop.borrow() {
             break Ok(());
@@ -192,73 +237,6 @@ async fn pipeline(
     drop(tx);
     let write_result = writer.await.context("the writer task panicked")?;
     read_result.and(write_result)
-}
-
-/// Where the next entries come from: own pending entries first, then idle entries of other
-/// consumers, then new entries; idle entries are looked for again every processing timeout.
-struct Source {
-    phase: Phase,
-    count: usize,
-    block: Duration,
-    min_idle: Duration,
-    last_claim: Instant,
-}
-
-#[derive(PartialEq)]
-enum Phase {
-    OwnPending,
-    /// Claiming entries idle at least this long.
-    Claim(Duration),
-    New,
-}
-
-impl Source {
-    fn new(settings: &SyncSettings) -> Self {
-        Self {
-            phase: Phase::OwnPending,
-            count: settings.batch_size as usize,
-            block: settings.batch_timeout(),
-            min_idle: settings.processing_timeout(),
-            last_claim: Instant::now(),
-        }
-    }
-
-    async fn next(&mut self, reader: &mut GroupReader) -> anyhow::Result<Vec<Entry>> {
-        loop {
-            match self.phase {
-                Phase::OwnPending => {
-                    let e = reader.read_own_pending(self.count).await?;
-                    if !e.is_empty() {
-                        return Ok(e);
-                    }
-                    // One writer per group (SPEC §4): at start, every other consumer is dead.
-                    self.phase = Phase::Claim(Duration::ZERO);
-                }
-                Phase::Claim(min_idle) => {
-                    let e = reader.claim_idle(min_idle, self.count).await?;
-                    if !e.is_empty() {
-                        return Ok(e);
-                    }
-                    if reader.claims_done() {
-                        self.phase = Phase::New;
-                        self.last_claim = Instant::now();
-                    }
-                }
-                Phase::New => {
-                    if self.last_claim.elapsed() >= self.min_idle {
-                        self.phase = Phase::Claim(self.min_idle);
-                        continue;
-                    }
-                    let wait = self.block.min(
-                        self.min_idle
-                            .saturating_sub(self.last_claim.elapsed())
-                            .max(Duration::from_millis(1)),
-                    );
-                    return reader.read_new(self.count, wait).await;
-                }
-            }
-        }
-    }
 }
 
 /// Decodes and folds a batch of entries into the rows it writes.
@@ -396,7 +374,7 @@ async fn writer(
     mut rx: mpsc::Receiver<Prepared>,
 ) -> anyhow::Result<()> {
     let group = settings.consumer_group.as_str();
-    let term_stream = settings.term_updates_stream.as_str();
+    let term_stream = settings.analytics.term_updates_stream.as_str();
     let retries = settings.max_retries;
     let timeout = settings.processing_timeout();
     while let Some(p) = rx.recv().await {

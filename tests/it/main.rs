@@ -1,6 +1,7 @@
 //! The integration-test binary: one binary, one module per area (STYLE: one integration-test
 //! binary keeps link time down). Tests that need Postgres and Redis expect them on 127.0.0.1.
 
+mod analytics;
 mod support;
 mod sync;
 mod tidy;

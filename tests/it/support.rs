@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use redis::AsyncCommands;
-use redis_postgres_sync::config::{Connections, SyncSettings};
+use redis_postgres_sync::analytics::AnalyticsStats;
+use redis_postgres_sync::config::{AnalyticsSettings, Connections, SyncSettings};
 use redis_postgres_sync::domain::{fold, Event, Tables};
 use redis_postgres_sync::fixture::{self, FixtureConfig};
 use redis_postgres_sync::ingest::publish::{publish, PublishOptions};
@@ -30,8 +31,20 @@ pub struct TestEnv {
     pub group: String,
 }
 
+/// Warnings and errors of the service under test go to the test's captured output.
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 impl TestEnv {
     pub async fn new(label: &str) -> Self {
+        init_logs();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("rps_test_{label}_{}", &id[..12]);
         let mut admin = AsyncPgConnection::establish(&format!("{PG}/postgres"))
@@ -64,7 +77,12 @@ impl TestEnv {
             workers,
             processing_timeout_ms: 2_000,
             max_retries: 3,
-            term_updates_stream: self.term_updates.clone(),
+            analytics: AnalyticsSettings {
+                term_updates_stream: self.term_updates.clone(),
+                consumer_group_suffix: String::new(),
+                analytics_batch_size: 200,
+            },
+            no_analytics: false,
         }
     }
 
@@ -222,19 +240,28 @@ pub struct InProcess {
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<anyhow::Result<()>>,
     pub stats: Arc<SyncStats>,
+    pub analytics: Arc<AnalyticsStats>,
 }
 
 impl InProcess {
+    /// `sync` with its analytics consumer (unless `settings.no_analytics`).
     pub fn start(settings: SyncSettings) -> Self {
         let (tx, rx) = oneshot::channel();
         let stats = Arc::new(SyncStats::default());
-        let handle = tokio::spawn(sync::run(settings, stats.clone(), async move {
-            let _ = rx.await;
-        }));
+        let analytics = Arc::new(AnalyticsStats::default());
+        let handle = tokio::spawn(sync::service(
+            settings,
+            stats.clone(),
+            analytics.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             stop: Some(tx),
             handle,
             stats,
+            analytics,
         }
     }
 
@@ -286,4 +313,35 @@ pub fn generated_fixture(events: usize, seed: u64) -> String {
     let mut out = Vec::new();
     fixture::generate(&cfg, &mut out).expect("generate");
     String::from_utf8(out).expect("utf-8")
+}
+
+impl TestEnv {
+    /// Waits until the input is drained, the outbox is empty, and the analytics group has
+    /// acknowledged every term update.
+    pub async fn wait_all_drained(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        self.wait_drained(timeout).await;
+        loop {
+            if self
+                .count("SELECT count(*) AS n FROM term_update_outbox")
+                .await
+                == 0
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "outbox not drained");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_group_drained(
+            &self.term_updates,
+            "analytics",
+            deadline.saturating_duration_since(Instant::now()),
+        )
+        .await;
+    }
+
+    /// Compares all nine derived tables with `expected`.
+    pub async fn assert_all_tables(&self, expected: &Tables) {
+        self.assert_tables(expected, &[]).await;
+    }
 }
