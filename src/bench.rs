@@ -13,6 +13,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::analytics::{self, AnalyticsStats};
 use crate::config::{AnalyticsSettings, Connections, SyncSettings};
 use crate::domain::{Changes, State};
 use crate::ingest::decode::{decode_envelope, Envelope};
@@ -127,6 +128,12 @@ pub struct SyncReport {
     pub copy_rows: u64,
     pub copy_seconds: f64,
     pub copy_rows_per_second: f64,
+    /// From the last base commit until the analytics consumer had caught up.
+    pub analytics_catch_up_seconds: f64,
+    /// Triple-level rows written by the analytics consumer, and their rate over its busy time.
+    pub analytics_rows: u64,
+    pub analytics_rows_per_second: f64,
+    pub analytics_batches: u64,
 }
 
 /// Runs the full pipeline on `lines`; `progress(acked_entries, total_entries)` is called while
@@ -168,10 +175,16 @@ pub async fn sync(
         no_analytics: false,
     };
     let stats = Arc::new(SyncStats::default());
+    let analytics_stats = Arc::new(AnalyticsStats::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(sync::run(settings, stats.clone(), async move {
-        let _ = stop_rx.await;
-    }));
+    let service = tokio::spawn(sync::service(
+        settings,
+        stats.clone(),
+        analytics_stats.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let outcome = async {
         loop {
             let acked = stats.entries.load(Ordering::Relaxed);
@@ -184,12 +197,28 @@ pub async fn sync(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(())
+        // Then the analytics: caught up once the outbox is published and the group has acked all.
+        loop {
+            let lag = analytics::lag(&mut redis, &term_updates, "analytics").await?;
+            progress(
+                "analytics",
+                analytics_stats.entries.load(Ordering::Relaxed),
+                analytics_stats.entries.load(Ordering::Relaxed) + lag.undelivered + lag.pending,
+            );
+            if lag.caught_up() && outbox_empty(&database_url).await? {
+                break;
+            }
+            if service.is_finished() {
+                anyhow::bail!("the service stopped before the analytics caught up");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Instant::now())
     }
     .await;
     let _ = stop_tx.send(());
     service.await.context("sync task")??;
-    outcome?;
+    let caught_up = outcome?;
 
     let first = stats
         .first_read
@@ -216,6 +245,12 @@ pub async fn sync(
             .map_or(0.0, |us| *us as f64 / 1000.0)
     };
     let events = stats.events_new.load(Ordering::Relaxed);
+    let analytics_rows = analytics_stats.rows.load(Ordering::Relaxed);
+    let analytics_catch_up = caught_up.saturating_duration_since(last).as_secs_f64();
+    let analytics_first = analytics_stats.first_commit.lock().ok().and_then(|t| *t);
+    let analytics_busy = analytics_first
+        .map(|f| caught_up.saturating_duration_since(f).as_secs_f64())
+        .unwrap_or(0.0);
 
     let rows = row_counts(&database_url).await?;
     let (copy_rows, copy_seconds) = copy_rate(&database_url).await?;
@@ -235,6 +270,14 @@ pub async fn sync(
         copy_rows,
         copy_seconds,
         copy_rows_per_second: copy_rows as f64 / copy_seconds,
+        analytics_catch_up_seconds: analytics_catch_up,
+        analytics_rows,
+        analytics_rows_per_second: if analytics_busy > 0.0 {
+            analytics_rows as f64 / analytics_busy
+        } else {
+            0.0
+        },
+        analytics_batches: analytics_stats.batches.load(Ordering::Relaxed),
     };
     if !opts.keep {
         drop_everything(
@@ -256,6 +299,15 @@ const EVENT_TABLES: [&str; 6] = [
     "share_price_changed_events",
     "generic_events",
 ];
+
+async fn outbox_empty(database_url: &str) -> anyhow::Result<bool> {
+    let client = pg_client(database_url).await?;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM term_update_outbox", &[])
+        .await?
+        .get(0);
+    Ok(n == 0)
+}
 
 async fn row_counts(database_url: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let client = pg_client(database_url).await?;

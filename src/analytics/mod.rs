@@ -78,6 +78,7 @@ pub struct AnalyticsStats {
     pub rows: AtomicU64,
     pub batches: AtomicU64,
     pub restarts: AtomicU64,
+    pub first_commit: Mutex<Option<Instant>>,
     pub last_commit: Mutex<Option<Instant>>,
 }
 
@@ -198,6 +199,9 @@ async fn consume(
         stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut t) = stats.last_commit.lock() {
             *t = Some(Instant::now());
+        }
+        if let Ok(mut t) = stats.first_commit.lock() {
+            t.get_or_insert_with(Instant::now);
         }
     }
 }

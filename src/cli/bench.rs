@@ -223,6 +223,16 @@ fn print_sync(runs: &[SyncReport], median: f64) {
     }
     println!("median: {median:.0} events/s");
     println!(
+        "analytics: caught up {} after the last base commit; {} rows in {} batches, {:.0} rows/s",
+        runs.iter()
+            .map(|r| format!("{:.2}s", r.analytics_catch_up_seconds))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        r0.analytics_rows,
+        r0.analytics_batches,
+        r0.analytics_rows_per_second
+    );
+    println!(
         "rows written: {}",
         r0.rows
             .iter()
