@@ -173,6 +173,7 @@ pub async fn sync(
             analytics_batch_size: 500,
         },
         no_analytics: false,
+        ops: crate::config::OpsSettings::default(),
     };
     let stats = Arc::new(SyncStats::default());
     let analytics_stats = Arc::new(AnalyticsStats::default());

@@ -68,6 +68,45 @@ pub struct SyncSettings {
     /// Do not run the analytics consumer in this process (run `analytics` separately).
     #[arg(long, env = "NO_ANALYTICS")]
     pub no_analytics: bool,
+    #[command(flatten)]
+    pub ops: OpsSettings,
+}
+
+/// Health endpoints and the circuit breaker.
+#[derive(Debug, Clone, Args)]
+pub struct OpsSettings {
+    /// Port of /health, /ready and /metrics; 0 turns the HTTP server off.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Address the HTTP server binds to.
+    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0")]
+    pub http_bind: std::net::IpAddr,
+    /// Consecutive failures (of Postgres or Redis) before the circuit breaker opens.
+    #[arg(long, env = "CIRCUIT_BREAKER_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub circuit_breaker_threshold: u32,
+    /// How long the breaker stays open before one attempt is let through, in milliseconds.
+    #[arg(long, env = "CIRCUIT_BREAKER_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub circuit_breaker_timeout_ms: u64,
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        Self {
+            http_port: 0,
+            http_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            circuit_breaker_threshold: 5,
+            circuit_breaker_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl OpsSettings {
+    pub fn health(&self) -> crate::health::Health {
+        crate::health::Health::new(
+            self.circuit_breaker_threshold,
+            Duration::from_millis(self.circuit_breaker_timeout_ms),
+        )
+    }
 }
 
 impl SyncSettings {

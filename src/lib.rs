@@ -6,9 +6,13 @@
 
 pub mod analytics;
 pub mod bench;
+pub mod breaker;
 pub mod config;
 pub mod domain;
 pub mod fixture;
+pub mod health;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod store;
 pub mod sync;

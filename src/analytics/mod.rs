@@ -72,6 +72,8 @@ pub struct AnalyticsRun {
 /// Counters of the running consumer.
 #[derive(Debug, Default)]
 pub struct AnalyticsStats {
+    /// Metrics, circuit breaker and role, shared with sync and the HTTP server.
+    pub health: Arc<crate::health::Health>,
     pub entries: AtomicU64,
     pub terms: AtomicU64,
     pub triples: AtomicU64,
@@ -100,6 +102,8 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 stats.restarts.fetch_add(1, Ordering::Relaxed);
+                stats.health.metrics.pipeline_restarts.inc();
+                stats.health.record_failure();
                 let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
                     .min(Duration::from_secs(10));
                 tracing::error!(
@@ -197,6 +201,13 @@ async fn consume(
         stats.triples.fetch_add(triples as u64, Ordering::Relaxed);
         stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.health.metrics.analytics_batches.inc();
+        stats
+            .health
+            .metrics
+            .analytics_rows_written
+            .inc_by(rows as u64);
+        stats.health.record_success();
         if let Ok(mut t) = stats.last_commit.lock() {
             *t = Some(Instant::now());
         }

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use redis_postgres_sync::config::{AnalyticsArgs, Connections, SyncSettings};
-use redis_postgres_sync::{analytics, store, sync};
+use redis_postgres_sync::{analytics, http, store, sync};
 
 pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
@@ -14,9 +15,52 @@ pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
         batch_size = settings.batch_size,
         "starting sync"
     );
-    let stats = Arc::new(sync::SyncStats::default());
-    let analytics_stats = Arc::new(analytics::AnalyticsStats::default());
-    sync::service(settings, stats, analytics_stats, shutdown).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let health = Arc::new(settings.ops.health());
+    let stats = Arc::new(sync::SyncStats {
+        health: health.clone(),
+        ..Default::default()
+    });
+    let analytics_stats = Arc::new(analytics::AnalyticsStats {
+        health: health.clone(),
+        ..Default::default()
+    });
+    let http_task = if settings.ops.http_port == 0 {
+        None
+    } else {
+        let addr = std::net::SocketAddr::new(settings.ops.http_bind, settings.ops.http_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("HTTP_PORT: cannot listen on {addr}"))?;
+        tracing::info!(%addr, "serving /health, /ready and /metrics");
+        let state = http::HttpState {
+            health,
+            sync: stats.clone(),
+            analytics: analytics_stats.clone(),
+            database_url: settings.connections.database_url.clone(),
+            redis_url: settings.connections.redis_url.clone(),
+            streams: settings.redis_streams.clone(),
+            group: settings.consumer_group.clone(),
+            term_updates_stream: settings.analytics.term_updates_stream.clone(),
+            analytics_group: settings.analytics.group(),
+        };
+        Some(tokio::spawn(http::serve(
+            listener,
+            state,
+            stopped(stop_rx.clone()),
+        )))
+    };
+    sync::service(settings, stats, analytics_stats, stopped(stop_rx)).await?;
+    if let Some(task) = http_task {
+        task.await.context("the HTTP task panicked")??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -27,14 +27,18 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::SyncSettings;
 use crate::domain::Event;
+use crate::health::{Health, Role};
 use crate::ingest::decode::{decode_envelope, Envelope};
 use crate::ingest::stream::{self, DeadLetter, Entry, EntrySource, GroupReader};
+use crate::metrics::EventLabels;
 use crate::store::{self, BatchWrite, Pool, StreamProgress};
 use shards::Shards;
 
 /// Counters of a running sync, for the bench, the tests and the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct SyncStats {
+    /// Metrics, circuit breaker and role, shared with the analytics task and the HTTP server.
+    pub health: Arc<Health>,
     pub entries: AtomicU64,
     pub events_new: AtomicU64,
     pub events_duplicate: AtomicU64,
@@ -111,12 +115,6 @@ pub async fn run(
     stats: Arc<SyncStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let url = &settings.connections.database_url;
-    store::create_database_if_missing(url).await?;
-    let applied = store::migrate(url).await?;
-    if !applied.is_empty() {
-        tracing::info!(migrations = ?applied, "applied migrations");
-    }
     let consumer = settings.consumer();
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -125,11 +123,24 @@ pub async fn run(
     });
     let mut failures = 0u32;
     loop {
-        match pipeline(&settings, &consumer, &stats, stop.clone()).await {
+        // An open breaker: wait out its open period (SPEC §4), then try once (half-open).
+        let wait = stats.health.breaker_wait();
+        if !wait.is_zero() {
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+        let result = pipeline(&settings, &consumer, &stats, stop.clone()).await;
+        stats.health.set_role(Role::Starting);
+        match result {
             Ok(()) => return Ok(()),
             Err(e) => {
                 failures += 1;
                 stats.restarts.fetch_add(1, Ordering::Relaxed);
+                stats.health.metrics.pipeline_restarts.inc();
+                stats.health.record_failure();
                 let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
                     .min(Duration::from_secs(10));
                 tracing::error!(
@@ -155,8 +166,10 @@ struct Prepared {
     acks: Vec<(String, String)>,
     entries: usize,
     new_events: usize,
+    new_by_type: Vec<(String, u64)>,
     duplicates: usize,
     conflicts: usize,
+    read_at: Instant,
 }
 
 async fn pipeline(
@@ -165,7 +178,13 @@ async fn pipeline(
     stats: &Arc<SyncStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let pool = store::pool(&settings.connections.database_url, 2).await?;
+    let url = &settings.connections.database_url;
+    store::create_database_if_missing(url).await?;
+    let applied = store::migrate(url).await?;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "applied migrations");
+    }
+    let pool = store::pool(url, 2).await?;
     let started = Instant::now();
     let mut shards = Shards::new(settings.workers as usize);
     {
@@ -197,6 +216,7 @@ async fn pipeline(
     )
     .await?;
     reader.restart_history();
+    stats.health.set_role(Role::Writer);
     tracing::info!(streams = %settings.redis_streams.join(","), group = %settings.consumer_group, consumer, "consuming");
 
     let (tx, rx) = mpsc::channel::<Prepared>(1);
@@ -225,7 +245,9 @@ async fn pipeline(
         }
         stats.record_read();
         let prepare_started = Instant::now();
-        let prepared = tokio::task::block_in_place(|| prepare(&mut shards, entries, settings));
+        let prepared = tokio::task::block_in_place(|| {
+            prepare(&mut shards, entries, settings, prepare_started)
+        });
         tracing::trace!(
             micros = prepare_started.elapsed().as_micros() as u64,
             "prepared batch"
@@ -240,7 +262,12 @@ async fn pipeline(
 }
 
 /// Decodes and folds a batch of entries into the rows it writes.
-fn prepare(shards: &mut Shards, entries: Vec<Entry>, settings: &SyncSettings) -> Prepared {
+fn prepare(
+    shards: &mut Shards,
+    entries: Vec<Entry>,
+    settings: &SyncSettings,
+    read_at: Instant,
+) -> Prepared {
     let n = entries.len();
     let mut events: Vec<Event> = Vec::with_capacity(n * 4);
     let mut dead_letters = Vec::new();
@@ -280,6 +307,8 @@ fn prepare(shards: &mut Shards, entries: Vec<Entry>, settings: &SyncSettings) ->
         acks,
         entries: n,
         new_events: folded.new_events,
+        new_by_type: folded.new_by_type,
+        read_at,
         duplicates: folded.duplicates,
         conflicts: folded.conflicts,
     }
@@ -390,7 +419,9 @@ async fn writer(
             }
         })
         .await?;
-        stats.record_commit(started.elapsed());
+        let commit_time = started.elapsed();
+        stats.record_commit(commit_time);
+        stats.health.record_success();
         if let Some(id) = outbox {
             with_retries("publish term updates", retries, || {
                 let mut redis = redis.clone();
@@ -433,6 +464,31 @@ async fn writer(
             .dead_lettered
             .fetch_add(p.dead_letters.len() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        let m = &stats.health.metrics;
+        for (event_type, n) in &p.new_by_type {
+            m.events_processed
+                .get_or_create(&EventLabels {
+                    event_type: event_type.clone(),
+                })
+                .inc_by(*n);
+        }
+        for l in &p.dead_letters {
+            m.events_failed
+                .get_or_create(&EventLabels {
+                    event_type: event_type_of(&l.payload),
+                })
+                .inc();
+        }
+        m.dead_lettered_events.inc_by(p.dead_letters.len() as u64);
+        m.events_duplicate.inc_by(p.duplicates as u64);
+        m.events_conflicting.inc_by(p.conflicts as u64);
+        m.database_write_duration_seconds
+            .observe(commit_time.as_secs_f64());
+        m.batch_size_entries.observe(p.entries as f64);
+        m.batch_size_events
+            .observe((p.new_events + p.duplicates + p.conflicts) as f64);
+        m.event_processing_duration_seconds
+            .observe(p.read_at.elapsed().as_secs_f64());
         tracing::debug!(
             entries = p.entries,
             new_events = p.new_events,
@@ -441,6 +497,18 @@ async fn writer(
         );
     }
     Ok(())
+}
+
+/// The event name of a dead-lettered payload, for the failure metric ("unknown" when unreadable).
+fn event_type_of(payload: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| {
+            v.get("event_name")
+                .and_then(|n| n.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Runs `op` until it succeeds, at most `retries` more times, with exponential backoff.

@@ -21,6 +21,8 @@ pub struct Folded {
     /// Ids of terms whose term or vault rows changed.
     pub changed_terms: Vec<String>,
     pub new_events: usize,
+    /// New events per event name, for the metrics.
+    pub new_by_type: Vec<(String, u64)>,
     pub duplicates: usize,
     pub conflicts: usize,
 }
@@ -130,15 +132,34 @@ fn fold_shard(state: &mut State, work: Vec<Work>) -> Folded {
         rows,
         changed_terms: changes.terms.iter().map(|t| t.to_string()).collect(),
         new_events: new.len(),
+        new_by_type: count_by_name(&new),
         duplicates,
         conflicts,
     }
+}
+
+fn count_by_name(events: &[Event]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for e in events {
+        let name = e.kind.name();
+        match out.iter_mut().find(|(t, _)| t == name) {
+            Some((_, n)) => *n += 1,
+            None => out.push((name.to_owned(), 1)),
+        }
+    }
+    out
 }
 
 fn merge(results: Vec<Folded>) -> Folded {
     let mut out = Folded::default();
     for r in results {
         out.new_events += r.new_events;
+        for (name, n) in r.new_by_type {
+            match out.new_by_type.iter_mut().find(|(t, _)| *t == name) {
+                Some((_, total)) => *total += n,
+                None => out.new_by_type.push((name, n)),
+            }
+        }
         out.duplicates += r.duplicates;
         out.conflicts += r.conflicts;
         out.changed_terms.extend(r.changed_terms);

@@ -83,6 +83,7 @@ impl TestEnv {
                 analytics_batch_size: 200,
             },
             no_analytics: false,
+            ops: redis_postgres_sync::config::OpsSettings::default(),
         }
     }
 

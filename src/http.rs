@@ -1,0 +1,171 @@
+//! The HTTP endpoints of SPEC §8: `/health` (live checks of Postgres and Redis, breaker state,
+//! counters), `/ready` (the role), `/metrics` (OpenMetrics text, lag gauges refreshed on each
+//! scrape). No URL or secret is ever part of a response.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde_json::json;
+
+use crate::analytics::{self, AnalyticsStats};
+use crate::breaker::BreakerState;
+use crate::health::{Health, Role};
+use crate::ingest::stream;
+use crate::metrics::StreamLabels;
+use crate::sync::SyncStats;
+
+/// What the endpoints read.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    pub health: Arc<Health>,
+    pub sync: Arc<SyncStats>,
+    pub analytics: Arc<AnalyticsStats>,
+    pub database_url: String,
+    pub redis_url: String,
+    pub streams: Vec<String>,
+    pub group: String,
+    pub term_updates_stream: String,
+    pub analytics_group: String,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(state))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn postgres_ok(url: &str) -> bool {
+    use diesel_async::RunQueryDsl;
+    let check = async {
+        let mut conn = AsyncPgConnection::establish(url).await.ok()?;
+        diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
+    };
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, check).await,
+        Ok(Some(_))
+    )
+}
+
+async fn redis_ok(url: &str) -> bool {
+    let check = async {
+        let mut conn = stream::connect(url).await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, check).await,
+        Ok(Some(_))
+    )
+}
+
+async fn health(State(s): State<Arc<HttpState>>) -> Response {
+    let (pg, redis) = tokio::join!(postgres_ok(&s.database_url), redis_ok(&s.redis_url));
+    let breaker = s.health.breaker_state();
+    let healthy = pg && redis && breaker != BreakerState::Open;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let body = json!({
+        "healthy": healthy,
+        "redis_consumer_healthy": redis,
+        "postgres_healthy": pg,
+        "circuit_breaker_closed": breaker == BreakerState::Closed,
+        "last_check": now,
+        "role": s.health.role().as_str(),
+        "metrics": {
+            "total_events_processed": s.sync.events_new.load(Ordering::Relaxed),
+            "total_events_failed": s.sync.dead_lettered.load(Ordering::Relaxed),
+            "total_events_duplicate": s.sync.events_duplicate.load(Ordering::Relaxed),
+            "batches_committed": s.sync.batches.load(Ordering::Relaxed),
+            "pipeline_restarts": s.sync.restarts.load(Ordering::Relaxed) + s.analytics.restarts.load(Ordering::Relaxed),
+            "analytics_batches": s.analytics.batches.load(Ordering::Relaxed),
+            "circuit_breaker_state": breaker.as_str(),
+        }
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn ready(State(s): State<Arc<HttpState>>) -> Response {
+    let role = s.health.role();
+    let body = json!({ "ready": role == Role::Writer, "role": role.as_str() });
+    let status = if role == Role::Writer {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
+    let refresh = async {
+        let mut conn = stream::connect(&s.redis_url).await.ok()?;
+        for name in &s.streams {
+            if let Ok(lag) = analytics::lag(&mut conn, name, &s.group).await {
+                let labels = StreamLabels {
+                    stream: name.clone(),
+                };
+                s.health
+                    .metrics
+                    .consumer_lag_entries
+                    .get_or_create(&labels)
+                    .set(lag.undelivered as i64);
+                s.health
+                    .metrics
+                    .consumer_pending_entries
+                    .get_or_create(&labels)
+                    .set(lag.pending as i64);
+            }
+        }
+        if let Ok(lag) = analytics::lag(&mut conn, &s.term_updates_stream, &s.analytics_group).await
+        {
+            s.health
+                .metrics
+                .analytics_lag_entries
+                .set((lag.undelivered + lag.pending) as i64);
+            s.health.metrics.analytics_lag_seconds.set(lag.seconds);
+        }
+        Some(())
+    };
+    let _ = tokio::time::timeout(CHECK_TIMEOUT, refresh).await;
+    s.health.breaker_state();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.health.metrics.encode(),
+    )
+        .into_response()
+}
