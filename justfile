@@ -33,3 +33,13 @@ fmt:
 
 lint:
     cargo clippy --all-targets -- -D warnings
+
+# The whole pipeline against local Postgres and Redis on a large fixture (median of 3 runs).
+bench-sync EVENTS="1000000":
+    test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
+    cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode sync --runs 3
+
+# Decode + fold in memory on a large fixture (median of 3 runs).
+bench-fold-large EVENTS="1000000":
+    test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
+    cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode fold --runs 3

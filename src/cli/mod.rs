@@ -3,8 +3,10 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod dlq;
 mod fixture;
 mod publish;
+mod status;
 mod sync;
 
 use redis_postgres_sync::config::{AnalyticsArgs, Connections, SyncSettings};
@@ -51,6 +53,10 @@ pub enum Command {
     /// triple_vault, triple_term, predicate_object and subject_predicate up to date. Several
     /// instances are safe: their transactions take turns on an advisory lock.
     Analytics(AnalyticsArgs),
+    /// Inspect, re-inject or purge dead letters (`<stream>:dlq`).
+    Dlq(dlq::DlqArgs),
+    /// One screen of state: per-stream lag and pending, dead letters, analytics lag, progress.
+    Status(status::StatusArgs),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate(Connections),
     /// Generate a realistic, deterministic event history as rindexer JSON lines.
@@ -88,6 +94,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fixture(args) => fixture::run(args),
         Command::Publish(args) => runtime()?.block_on(publish::run(args)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Dlq(args) => runtime()?.block_on(dlq::run(args)),
+        Command::Status(args) => runtime()?.block_on(status::run(args)),
         Command::Sync(settings) => {
             invalid_setting(settings.validate());
             runtime()?.block_on(sync::run(settings))

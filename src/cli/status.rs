@@ -1,0 +1,129 @@
+//! `status`: one screen for the on-call engineer — input lag and pending per stream, dead
+//! letters, analytics lag, unpublished term updates and the last committed progress.
+
+use anyhow::Context;
+use clap::Args;
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use redis::AsyncCommands;
+use serde_json::json;
+
+use redis_postgres_sync::analytics;
+use redis_postgres_sync::config::Connections;
+use redis_postgres_sync::ingest::stream::{self, dlq_stream};
+use redis_postgres_sync::store::redact;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub connections: Connections,
+    /// Input streams, comma-separated.
+    #[arg(
+        long,
+        env = "REDIS_STREAMS",
+        default_value = "rindexer_producer",
+        value_delimiter = ','
+    )]
+    pub redis_streams: Vec<String>,
+    /// Consumer group on the input streams.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "postgres-sync")]
+    pub consumer_group: String,
+    /// Stream of changed term ids.
+    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = "term_updates")]
+    pub term_updates_stream: String,
+    /// Suffix of the analytics consumer group.
+    #[arg(long, env = "CONSUMER_GROUP_SUFFIX", default_value = "")]
+    pub consumer_group_suffix: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(QueryableByName)]
+struct ProgressRow {
+    #[diesel(sql_type = Text)]
+    stream: String,
+    #[diesel(sql_type = Text)]
+    last_entry_id: String,
+    #[diesel(sql_type = BigInt)]
+    entries_total: i64,
+    #[diesel(sql_type = Text)]
+    updated_at: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let mut redis = stream::connect(&args.connections.redis_url).await?;
+    let mut streams = Vec::new();
+    for s in &args.redis_streams {
+        let lag = analytics::lag(&mut redis, s, &args.consumer_group).await?;
+        let dead: usize = redis.xlen(dlq_stream(s)).await.unwrap_or(0);
+        streams.push(json!({"stream": s, "undelivered": lag.undelivered, "pending": lag.pending, "oldest_unacked_seconds": lag.seconds, "dead_letters": dead}));
+    }
+    let analytics_group = format!("analytics{}", args.consumer_group_suffix);
+    let a = analytics::lag(&mut redis, &args.term_updates_stream, &analytics_group).await?;
+    let mut conn = AsyncPgConnection::establish(&args.connections.database_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&args.connections.database_url)))?;
+    let progress: Vec<ProgressRow> = diesel::sql_query(
+        "SELECT stream, last_entry_id, entries_total, updated_at::text AS updated_at FROM sync_progress WHERE consumer_group = $1 ORDER BY stream",
+    )
+    .bind::<Text, _>(&args.consumer_group)
+    .load(&mut conn)
+    .await
+    .context("reading sync_progress (has `migrate` run?)")?;
+    let outbox: Count = diesel::sql_query("SELECT count(*) AS n FROM term_update_outbox")
+        .get_result(&mut conn)
+        .await
+        .context("reading term_update_outbox")?;
+    let report = json!({
+        "streams": streams,
+        "analytics": {"stream": args.term_updates_stream, "group": analytics_group, "undelivered": a.undelivered, "pending": a.pending, "oldest_unacked_seconds": a.seconds},
+        "unpublished_term_update_batches": outbox.n,
+        "progress": progress.iter().map(|p| json!({"stream": p.stream, "last_entry_id": p.last_entry_id, "entries_total": p.entries_total, "updated_at": p.updated_at})).collect::<Vec<_>>(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("input (group {})", args.consumer_group);
+    println!(
+        "  {:<32} {:>12} {:>10} {:>14} {:>12}",
+        "stream", "undelivered", "pending", "oldest unacked", "dead letters"
+    );
+    for s in &streams {
+        println!(
+            "  {:<32} {:>12} {:>10} {:>13.1}s {:>12}",
+            s["stream"].as_str().unwrap_or(""),
+            s["undelivered"].as_u64().unwrap_or(0),
+            s["pending"].as_u64().unwrap_or(0),
+            s["oldest_unacked_seconds"].as_f64().unwrap_or(0.0),
+            s["dead_letters"].as_u64().unwrap_or(0)
+        );
+    }
+    println!(
+        "analytics (stream {}, group {analytics_group})",
+        args.term_updates_stream
+    );
+    println!(
+        "  undelivered {}  pending {}  oldest unacked {:.1}s  unpublished batches {}",
+        a.undelivered, a.pending, a.seconds, outbox.n
+    );
+    println!("last committed progress");
+    if progress.is_empty() {
+        println!("  (nothing committed yet)");
+    }
+    for p in &progress {
+        println!(
+            "  {:<32} last entry {:<22} entries {:>10}  at {}",
+            p.stream, p.last_entry_id, p.entries_total, p.updated_at
+        );
+    }
+    Ok(())
+}
