@@ -63,6 +63,10 @@ pub struct SyncSettings {
     /// Retries of a failed database or Redis operation before the pipeline restarts.
     #[arg(long, env = "MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub max_retries: u32,
+    /// The writer lease expires this long after the holder's last heartbeat; a standby then takes
+    /// over. Milliseconds.
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub lease_ttl_ms: u64,
     #[command(flatten)]
     pub analytics: AnalyticsSettings,
     /// Do not run the analytics consumer in this process (run `analytics` separately).
@@ -151,6 +155,10 @@ impl SyncSettings {
 
     pub fn processing_timeout(&self) -> Duration {
         Duration::from_millis(self.processing_timeout_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
     }
 
     /// The analytics consumer that runs beside this sync.

@@ -5,6 +5,7 @@
 //! commit with its data or not at all.
 
 pub mod analytics;
+pub mod lease;
 pub mod load;
 pub mod rows;
 pub mod rowset;
@@ -154,8 +155,11 @@ pub async fn commit(
     conn: &mut AsyncPgConnection,
     group: &str,
     batch: &BatchWrite,
+    lease: &lease::Lease,
 ) -> anyhow::Result<Option<i64>> {
     conn.transaction(async |conn| {
+        // Fencing first: the lease row stays locked until commit, so no takeover can interleave.
+        lease::fence(conn, lease).await?;
         // Pipelined: every statement is sent before the first result is read.
         let shared: &AsyncPgConnection = conn;
         let started = std::time::Instant::now();

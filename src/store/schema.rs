@@ -267,3 +267,12 @@ diesel::allow_tables_to_appear_in_same_query!(
     triple_vault,
     vault,
 );
+
+diesel::table! {
+    writer_lease (consumer_group) {
+        consumer_group -> Text,
+        holder -> Text,
+        token -> Int8,
+        heartbeat_at -> Timestamptz,
+    }
+}

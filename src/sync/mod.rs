@@ -136,6 +136,16 @@ pub async fn run(
         stats.health.set_role(Role::Starting);
         match result {
             Ok(()) => return Ok(()),
+            Err(e)
+                if e.chain()
+                    .any(|c| c.downcast_ref::<store::lease::Fenced>().is_some()) =>
+            {
+                // Not a failure of Postgres or Redis: another process writes now. Back to standby.
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "lost the writer lease; standing by"
+                );
+            }
             Err(e) => {
                 failures += 1;
                 stats.restarts.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +194,20 @@ async fn pipeline(
     if !applied.is_empty() {
         tracing::info!(migrations = ?applied, "applied migrations");
     }
-    let pool = store::pool(url, 2).await?;
+    let pool = store::pool(url, 3).await?;
+    // One writer per group: wait as a standby until the lease is ours, then rebuild the state
+    // from Postgres before writing anything (the previous holder may have committed more).
+    let Some(lease) = standby_until_leased(&pool, settings, consumer, stats, &mut stop).await?
+    else {
+        return Ok(());
+    };
+    let (lost_tx, mut lost) = watch::channel(false);
+    let heartbeat = tokio::spawn(heartbeat(
+        pool.clone(),
+        lease.clone(),
+        settings.lease_ttl(),
+        lost_tx,
+    ));
     let started = Instant::now();
     let mut shards = Shards::new(settings.workers as usize);
     {
@@ -226,6 +249,7 @@ async fn pipeline(
         settings.clone(),
         stats.clone(),
         rx,
+        lease.clone(),
     ));
     let mut source = EntrySource::new(
         settings.batch_size as usize,
@@ -239,6 +263,7 @@ async fn pipeline(
         let entries = tokio::select! {
             r = source.next(&mut reader) => match r { Ok(e) => e, Err(e) => break Err(e) },
             _ = stop.wait_for(|s| *s) => break Ok(()),
+            _ = lost.wait_for(|l| *l) => break Err(store::lease::Fenced { group: lease.group.clone(), token: lease.token }.into()),
         };
         if entries.is_empty() {
             continue;
@@ -258,7 +283,73 @@ async fn pipeline(
     };
     drop(tx);
     let write_result = writer.await.context("the writer task panicked")?;
-    read_result.and(write_result)
+    heartbeat.abort();
+    let result = read_result.and(write_result);
+    if result.is_ok() {
+        // A graceful stop hands the lease over at once.
+        if let Ok(mut conn) = pool.get().await {
+            let _ = store::lease::release(&mut conn, &lease).await;
+        }
+    }
+    result
+}
+
+/// Waits, as a standby, until this process holds the writer lease of its group. `None` when
+/// stopped first.
+async fn standby_until_leased(
+    pool: &Pool,
+    settings: &SyncSettings,
+    consumer: &str,
+    stats: &SyncStats,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Option<store::lease::Lease>> {
+    let ttl = settings.lease_ttl();
+    let mut announced = false;
+    loop {
+        let mut conn = pool.get().await.context("taking a database connection")?;
+        if let Some(lease) =
+            store::lease::acquire(&mut conn, &settings.consumer_group, consumer, ttl).await?
+        {
+            tracing::info!(group = %lease.group, token = lease.token, "holding the writer lease");
+            return Ok(Some(lease));
+        }
+        if !announced {
+            let holder = store::lease::current(&mut conn, &settings.consumer_group).await?;
+            tracing::info!(group = %settings.consumer_group, holder = ?holder.map(|h| h.holder), "standby: another process holds the writer lease");
+            stats.health.set_role(Role::Standby);
+            announced = true;
+        }
+        drop(conn);
+        tokio::select! {
+            _ = tokio::time::sleep((ttl / 10).max(Duration::from_millis(100))) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+        }
+    }
+}
+
+/// Keeps the lease alive; sets `lost` when another process has taken it over.
+async fn heartbeat(
+    pool: Pool,
+    lease: store::lease::Lease,
+    ttl: Duration,
+    lost: watch::Sender<bool>,
+) {
+    loop {
+        tokio::time::sleep(ttl / 5).await;
+        let renewed = match pool.get().await {
+            Ok(mut conn) => store::lease::renew(&mut conn, &lease).await,
+            Err(e) => Err(anyhow::Error::new(e).context("taking a database connection")),
+        };
+        if let Err(e) = renewed {
+            if e.downcast_ref::<store::lease::Fenced>().is_some() {
+                let _ = lost.send(true);
+                return;
+            }
+            // Unreachable database: batches cannot commit either; the lease may expire and the
+            // next commit will then be fenced.
+            tracing::warn!(error = format!("{e:#}"), "cannot renew the writer lease");
+        }
+    }
 }
 
 /// Decodes and folds a batch of entries into the rows it writes.
@@ -401,7 +492,9 @@ async fn writer(
     settings: SyncSettings,
     stats: Arc<SyncStats>,
     mut rx: mpsc::Receiver<Prepared>,
+    lease: store::lease::Lease,
 ) -> anyhow::Result<()> {
+    let lease = &lease;
     let group = settings.consumer_group.as_str();
     let term_stream = settings.analytics.term_updates_stream.as_str();
     let retries = settings.max_retries;
@@ -413,7 +506,7 @@ async fn writer(
             let pool = pool.clone();
             async move {
                 let mut conn = pool.get().await.context("taking a database connection")?;
-                tokio::time::timeout(timeout, store::commit(&mut conn, group, write))
+                tokio::time::timeout(timeout, store::commit(&mut conn, group, write, lease))
                     .await
                     .context("batch commit timed out (PROCESSING_TIMEOUT_MS)")?
             }

@@ -77,6 +77,7 @@ impl TestEnv {
             workers,
             processing_timeout_ms: 2_000,
             max_retries: 3,
+            lease_ttl_ms: 2_000,
             analytics: AnalyticsSettings {
                 term_updates_stream: self.term_updates.clone(),
                 consumer_group_suffix: String::new(),
