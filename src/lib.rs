@@ -12,3 +12,4 @@ pub mod fixture;
 pub mod ingest;
 pub mod store;
 pub mod sync;
+pub mod verify;
