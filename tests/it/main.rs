@@ -2,6 +2,8 @@
 //! binary keeps link time down). Tests that need Postgres and Redis expect them on 127.0.0.1.
 
 mod analytics;
+mod reorg;
+mod replay_verify;
 mod support;
 mod sync;
 mod tidy;
