@@ -82,9 +82,11 @@ pub enum Command {
     /// it commits, readers keep seeing the old rows; afterwards the tables equal what live sync
     /// and analytics produce from the same events. Nothing is read from Redis.
     ///
-    /// It can run while `sync` runs: it locks the event log against writes (sync batch commits
-    /// wait, then go on) and takes the analytics lock, so nothing changes under it. Pending
-    /// migrations are applied first. Memory: the whole event log and its fold, as at sync start.
+    /// It can run while `sync` runs: it locks the event log against writes and takes the
+    /// analytics lock, so nothing changes under it. Sync batch commits wait for it (one that waits
+    /// longer than PROCESSING_TIMEOUT_MS is retried, then the pipeline restarts: nothing is lost).
+    /// Pending migrations are applied first. Memory: the whole event log and its fold, as at sync
+    /// start.
     Replay(replay::ReplayArgs),
     /// Check every derived table against the fold of the event log; exit 1 on any drift.
     ///
