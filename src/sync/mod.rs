@@ -269,8 +269,9 @@ async fn pipeline(
         }
         stats.record_read();
         let prepare_started = Instant::now();
-        let (prepared, reorg) =
-            tokio::task::block_in_place(|| prepare(&mut shards, entries, settings));
+        let (prepared, reorg) = tokio::task::block_in_place(|| {
+            prepare(&mut shards, entries, settings.workers as usize)
+        });
         tracing::trace!(
             micros = prepare_started.elapsed().as_micros() as u64,
             "prepared batch"
@@ -300,14 +301,14 @@ async fn pipeline(
 fn prepare(
     shards: &mut Shards,
     entries: Vec<Entry>,
-    settings: &SyncSettings,
+    workers: usize,
 ) -> (Option<Prepared>, Option<ReorgWork>) {
     let mut events: Vec<Event> = Vec::with_capacity(entries.len() * 4);
     let mut dead_letters = Vec::new();
     let mut progress: Vec<StreamProgress> = Vec::new();
     let mut acks = Vec::with_capacity(entries.len());
     let mut reorg = None;
-    for (entry, decoded) in decode_all(&entries, settings.workers as usize) {
+    for (entry, decoded) in decode_all(&entries, workers) {
         match decoded {
             Decoded::Events(mut e, mut letters) => {
                 events.append(&mut e);
@@ -653,4 +654,69 @@ async fn republish_outbox(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, payload: &str) -> Entry {
+        Entry {
+            stream: "in".to_owned(),
+            id: id.to_owned(),
+            payload: Some(payload.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_reorg_notice_cuts_its_batch() {
+        let lines: Vec<&str> = include_str!("../../tests/fixtures/small.jsonl")
+            .lines()
+            .take(3)
+            .collect();
+        let notice = r#"{"event_name":"__rindexer_reorg","network":"intuition","event_data":[{"type":"reorg","network":"intuition","fork_block":"0x51f","depth":3}]}"#;
+        let entries = vec![
+            entry("1-0", lines[0]),
+            entry("2-0", "not json"),
+            entry("3-0", notice),
+            entry("4-0", lines[1]),
+            entry("5-0", notice),
+        ];
+        let mut shards = Shards::new(2);
+        let (batch, reorg) = prepare(&mut shards, entries, 2);
+        let batch = batch.expect("the entries before the notice");
+        assert_eq!(
+            batch.acks,
+            [
+                ("in".to_owned(), "1-0".to_owned()),
+                ("in".to_owned(), "2-0".to_owned())
+            ],
+            "only entries before the notice are acknowledged with the batch"
+        );
+        assert_eq!(batch.dead_letters.len(), 1);
+        assert_eq!(batch.write.progress[0].last_entry_id, "2-0");
+        let reorg = reorg.expect("the notice");
+        assert_eq!(
+            (reorg.stream.as_str(), reorg.entry_id.as_str()),
+            ("in", "3-0")
+        );
+        assert_eq!(reorg.notice.fork_block, 0x51f);
+        let events_before = events_of(lines[0]);
+        assert_eq!(
+            shards.event_count(),
+            events_before,
+            "entry 4-0 was not folded"
+        );
+
+        let (batch, reorg) = prepare(&mut Shards::new(1), vec![entry("6-0", notice)], 1);
+        assert!(batch.is_none(), "nothing before the notice: no batch");
+        assert_eq!(reorg.map(|r| r.entry_id), Some("6-0".to_owned()));
+    }
+
+    fn events_of(line: &str) -> usize {
+        match decode_envelope(line.as_bytes()) {
+            Ok(Envelope::Events { items, .. }) => items.iter().filter(|i| i.is_ok()).count(),
+            other => panic!("not events: {other:?}"),
+        }
+    }
 }
