@@ -27,6 +27,20 @@ pub struct Connections {
     pub database_url: String,
 }
 
+/// The database alone, for subcommands that only read or rebuild Postgres (`replay`, `verify`).
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, hide_default_value = false)]
+    pub database_url: String,
+}
+
+impl DatabaseArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_database_url(&self.database_url)
+    }
+}
+
 /// Settings of the `sync` service.
 #[derive(Debug, Clone, Args)]
 pub struct SyncSettings {
@@ -217,13 +231,18 @@ impl AnalyticsArgs {
 }
 
 pub fn validate_connections(c: &Connections) -> Result<(), String> {
-    if !(c.database_url.starts_with("postgres://") || c.database_url.starts_with("postgresql://")) {
-        return Err("DATABASE_URL: expected a postgres:// or postgresql:// URL".into());
-    }
+    validate_database_url(&c.database_url)?;
     if redis::Client::open(c.redis_url.as_str()).is_err() {
         return Err(
             "REDIS_URL: not a valid Redis URL (redis://host:port, rediss://… or unix://…)".into(),
         );
+    }
+    Ok(())
+}
+
+fn validate_database_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("DATABASE_URL: expected a postgres:// or postgresql:// URL".into());
     }
     Ok(())
 }

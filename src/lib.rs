@@ -16,3 +16,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod store;
 pub mod sync;
+pub mod verify;

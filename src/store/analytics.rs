@@ -8,8 +8,8 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use primitive_types::U256;
 
-use super::rows::triple_vault_rows;
-use super::rowset::{pg_numeric, Column, OnConflict, RowSet};
+use super::rows::{triple_term_rows, triple_vault_rows};
+use super::rowset::pg_numeric;
 use crate::domain::analytics::{PairDelta, TripleKeys, VaultFigures};
 use crate::domain::rows::{PairKey, TripleTermRow, TripleVaultRow};
 use crate::domain::{Bytes32, TermId};
@@ -219,40 +219,6 @@ pub async fn write(conn: &mut AsyncPgConnection, w: &AnalyticsWrite) -> anyhow::
         apply_pair_deltas(conn, table, first, second, deltas).await?;
     }
     Ok(())
-}
-
-fn triple_term_rows(rows: &[TripleTermRow]) -> RowSet {
-    RowSet {
-        table: "triple_term",
-        key: &["term_id", "counter_term_id"],
-        columns: vec![
-            (
-                "term_id",
-                Column::Text(rows.iter().map(|r| r.term_id.to_string()).collect()),
-            ),
-            (
-                "counter_term_id",
-                Column::Text(rows.iter().map(|r| r.counter_term_id.to_string()).collect()),
-            ),
-            (
-                "total_assets",
-                Column::Numeric(rows.iter().map(|r| pg_numeric(&r.total_assets)).collect()),
-            ),
-            (
-                "total_market_cap",
-                Column::Numeric(
-                    rows.iter()
-                        .map(|r| pg_numeric(&r.total_market_cap))
-                        .collect(),
-                ),
-            ),
-            (
-                "total_position_count",
-                Column::BigInt(rows.iter().map(|r| r.total_position_count).collect()),
-            ),
-        ],
-        on_conflict: OnConflict::Update,
-    }
 }
 
 /// Adds the deltas to the pair rows (creating them), then deletes pairs left with no triple.

@@ -45,32 +45,51 @@ const META_SELECT: &str =
     "transaction_hash, log_index, block_number, block_hash, transaction_index, \
     extract(epoch from block_timestamp)::int8 AS block_timestamp, address, network, chain_id";
 
+/// The event log: one table per event type, primary key the event identity.
+pub const EVENT_LOG: [&str; 6] = [
+    "atom_created_events",
+    "triple_created_events",
+    "deposited_events",
+    "redeemed_events",
+    "share_price_changed_events",
+    "generic_events",
+];
+
 /// `(event table, SQL of event_name, SQL of the parameters array)`.
 const EVENT_TABLES: [(&str, &str, &str); 6] = [
-    ("atom_created_events", "'AtomCreated'", "json_build_array(creator, term_id, encode(atom_data, 'hex'), atom_wallet)"),
-    ("triple_created_events", "'TripleCreated'", "json_build_array(creator, term_id, subject_id, predicate_id, object_id)"),
+    (EVENT_LOG[0], "'AtomCreated'", "json_build_array(creator, term_id, encode(atom_data, 'hex'), atom_wallet)"),
+    (EVENT_LOG[1], "'TripleCreated'", "json_build_array(creator, term_id, subject_id, predicate_id, object_id)"),
     (
-        "deposited_events",
+        EVENT_LOG[2],
         "'Deposited'",
         "json_build_array(sender, receiver, term_id, curve_id::text, assets::text, assets_after_fees::text, shares::text, total_shares::text, vault_type)",
     ),
     (
-        "redeemed_events",
+        EVENT_LOG[3],
         "'Redeemed'",
         "json_build_array(sender, receiver, term_id, curve_id::text, shares::text, total_shares::text, assets::text, fees::text, vault_type)",
     ),
     (
-        "share_price_changed_events",
+        EVENT_LOG[4],
         "'SharePriceChanged'",
         "json_build_array(term_id, curve_id::text, share_price::text, total_assets::text, total_shares::text, vault_type)",
     ),
-    ("generic_events", "event_name", "json_build_array(payload::text)"),
+    (EVENT_LOG[5], "event_name", "json_build_array(payload::text)"),
 ];
 
 /// Every event of the event log, optionally only those matching the SQL condition `filter`.
 pub async fn load_events(
     conn: &mut AsyncPgConnection,
     filter: Option<&str>,
+) -> anyhow::Result<Vec<Event>> {
+    load_events_with(conn, filter, &mut |_, _| {}).await
+}
+
+/// [`load_events`], calling `loaded(table, events so far)` after each event table is read.
+pub async fn load_events_with(
+    conn: &mut AsyncPgConnection,
+    filter: Option<&str>,
+    loaded: &mut (dyn FnMut(&'static str, usize) + Send),
 ) -> anyhow::Result<Vec<Event>> {
     let mut events = Vec::new();
     let mut networks: BTreeMap<String, Arc<str>> = BTreeMap::new();
@@ -91,6 +110,7 @@ pub async fn load_events(
                     .with_context(|| format!("event {id} of {table}"))?,
             );
         }
+        loaded(table, events.len());
     }
     Ok(events)
 }
@@ -341,6 +361,39 @@ pub const DERIVED: [TableShape; 9] = [
     },
 ];
 
+impl TableShape {
+    /// The column names, in `select` order (each expression names the column it reads).
+    pub fn columns(&self) -> Vec<&'static str> {
+        self.select.iter().map(|e| column_of(e)).collect()
+    }
+
+    /// Whether the table is one of the four the analytics consumer keeps (eventually consistent).
+    pub fn is_analytics(&self) -> bool {
+        ANALYTICS_TABLES.contains(&self.name)
+    }
+}
+
+/// The triple-level tables, written by the analytics consumer (SPEC §2: eventually consistent).
+pub const ANALYTICS_TABLES: [&str; 4] = [
+    "triple_vault",
+    "triple_term",
+    "predicate_object",
+    "subject_predicate",
+];
+
+/// The column a canonical SELECT expression reads: `x`, `x::text`, `encode(x, 'hex')`,
+/// `extract(epoch from x)::int8`.
+fn column_of(expr: &'static str) -> &'static str {
+    let inner = if let Some(rest) = expr.strip_prefix("encode(") {
+        rest.split(',').next().unwrap_or(rest)
+    } else if let Some(rest) = expr.strip_prefix("extract(epoch from ") {
+        rest.split(')').next().unwrap_or(rest)
+    } else {
+        expr.split("::").next().unwrap_or(expr)
+    };
+    inner.trim()
+}
+
 /// Rows of one table in canonical form: key (JSON array text) → whole row.
 pub type CanonicalTable = BTreeMap<String, Vec<Value>>;
 
@@ -576,4 +629,59 @@ pub async fn compare(
         out.push(diff(shape.name, expected, &stored));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_canonical_expression_names_its_column() {
+        assert_eq!(
+            DERIVED[0].columns(),
+            [
+                "term_id",
+                "creator_id",
+                "wallet_id",
+                "data",
+                "raw_data",
+                "block_number",
+                "log_index",
+                "transaction_hash",
+                "created_at"
+            ]
+        );
+        assert_eq!(
+            &DERIVED[2].columns()[..4],
+            ["account_id", "term_id", "curve_id", "shares"]
+        );
+        for shape in &DERIVED {
+            for c in shape.columns() {
+                assert!(
+                    c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "{}: {c:?}",
+                    shape.name
+                );
+            }
+        }
+        let analytics: Vec<_> = DERIVED
+            .iter()
+            .filter(|s| s.is_analytics())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(analytics, ANALYTICS_TABLES);
+    }
+
+    #[test]
+    fn diff_names_missing_extra_and_differing_keys() {
+        let row = |k: &str, v: i64| (format!("[\"{k}\"]"), vec![Value::from(k), Value::from(v)]);
+        let expected: CanonicalTable = [row("a", 1), row("b", 2), row("c", 3)].into();
+        let stored: CanonicalTable = [row("a", 1), row("b", 5), row("d", 4)].into();
+        let d = diff("atom", &expected, &stored);
+        assert_eq!(d.missing, ["[\"c\"]"]);
+        assert_eq!(d.extra, ["[\"d\"]"]);
+        assert_eq!(d.differing.len(), 1);
+        assert_eq!(d.differing[0].1[1], Value::from(5));
+        assert!(!d.is_clean());
+    }
 }

@@ -1,5 +1,6 @@
 //! PostgreSQL: the only module that knows SQL. Connection pool, embedded migrations, the batch
-//! transaction (event log + changed rows + progress + outbox), and reading back.
+//! transaction (event log + changed rows + progress + outbox), reading back, whole rebuilds of the
+//! derived tables, and reorgs.
 //!
 //! **Architecture Invariant:** a batch is one transaction; its progress rows and its outbox row
 //! commit with its data or not at all.
@@ -7,6 +8,8 @@
 pub mod analytics;
 pub mod lease;
 pub mod load;
+pub mod rebuild;
+pub mod reorg;
 pub mod rows;
 pub mod rowset;
 pub mod schema;
@@ -164,47 +167,58 @@ pub async fn commit(
         let shared: &AsyncPgConnection = conn;
         let started = std::time::Instant::now();
         futures_util::future::try_join_all(batch.rows.iter().map(|rows| async move {
-            rows.write(shared).await.with_context(|| format!("writing table {}", rows.table))
+            rows.write(shared)
+                .await
+                .with_context(|| format!("writing table {}", rows.table))
         }))
         .await?;
-        tracing::trace!(tables = batch.rows.len(), micros = started.elapsed().as_micros() as u64, "wrote rows");
-        if !batch.progress.is_empty() {
-            let (streams, ids, counts): (Vec<_>, Vec<_>, Vec<_>) = batch
-                .progress
-                .iter()
-                .map(|p| (p.stream.clone(), p.last_entry_id.clone(), p.entries))
-                .fold((vec![], vec![], vec![]), |(mut a, mut b, mut c), (x, y, z)| {
-                    a.push(x);
-                    b.push(y);
-                    c.push(z);
-                    (a, b, c)
-                });
-            // Conflict target: one progress row per (consumer_group, stream).
-            diesel::sql_query(
-                "INSERT INTO sync_progress (consumer_group, stream, last_entry_id, entries_total, updated_at) \
-                 SELECT $1, u.stream, u.id, u.n, now() FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(stream, id, n) \
-                 ON CONFLICT (consumer_group, stream) DO UPDATE SET last_entry_id = EXCLUDED.last_entry_id, \
-                 entries_total = sync_progress.entries_total + EXCLUDED.entries_total, updated_at = now()",
-            )
-            .bind::<Text, _>(group)
-            .bind::<Array<Text>, _>(streams)
-            .bind::<Array<Text>, _>(ids)
-            .bind::<Array<BigInt>, _>(counts)
-            .execute(conn)
-            .await
-            .context("writing sync_progress")?;
-        }
+        tracing::trace!(
+            tables = batch.rows.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "wrote rows"
+        );
+        write_progress(conn, group, &batch.progress).await?;
         if batch.term_updates.is_empty() {
             return Ok(None);
         }
-        let id: IdRow = diesel::sql_query("INSERT INTO term_update_outbox (term_ids) VALUES ($1) RETURNING id")
-            .bind::<Array<Text>, _>(&batch.term_updates)
-            .get_result(conn)
-            .await
-            .context("writing term_update_outbox")?;
+        let id: IdRow =
+            diesel::sql_query("INSERT INTO term_update_outbox (term_ids) VALUES ($1) RETURNING id")
+                .bind::<Array<Text>, _>(&batch.term_updates)
+                .get_result(conn)
+                .await
+                .context("writing term_update_outbox")?;
         Ok(Some(id.id))
     })
     .await
+}
+
+/// Records what each stream contributed (inside the caller's transaction).
+pub async fn write_progress(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    progress: &[StreamProgress],
+) -> anyhow::Result<()> {
+    if progress.is_empty() {
+        return Ok(());
+    }
+    let streams: Vec<&str> = progress.iter().map(|p| p.stream.as_str()).collect();
+    let ids: Vec<&str> = progress.iter().map(|p| p.last_entry_id.as_str()).collect();
+    let counts: Vec<i64> = progress.iter().map(|p| p.entries).collect();
+    // Conflict target: one progress row per (consumer_group, stream).
+    diesel::sql_query(
+        "INSERT INTO sync_progress (consumer_group, stream, last_entry_id, entries_total, updated_at) \
+         SELECT $1, u.stream, u.id, u.n, now() FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(stream, id, n) \
+         ON CONFLICT (consumer_group, stream) DO UPDATE SET last_entry_id = EXCLUDED.last_entry_id, \
+         entries_total = sync_progress.entries_total + EXCLUDED.entries_total, updated_at = now()",
+    )
+    .bind::<Text, _>(group)
+    .bind::<Array<Text>, _>(streams)
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<BigInt>, _>(counts)
+    .execute(conn)
+    .await
+    .context("writing sync_progress")?;
+    Ok(())
 }
 
 #[derive(QueryableByName)]

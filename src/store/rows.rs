@@ -1,5 +1,6 @@
-//! Domain values → column-wise [`RowSet`]s: the event log rows of a batch's new events, and the
-//! base-table rows (atom, triple, position, vault, term) that the batch changed.
+//! Domain values → column-wise [`RowSet`]s: the event log rows of a batch's new events, the
+//! base-table rows (atom, triple, position, vault, term) that the batch changed, and one builder
+//! per derived table (the nine of SPEC §2) for whole-table rebuilds.
 
 use std::sync::{Arc, LazyLock};
 
@@ -9,7 +10,9 @@ use primitive_types::U256;
 use diesel::pg::data_types::{PgNumeric, PgTimestamp};
 
 use super::rowset::{pg_numeric, pg_timestamp, Column, OnConflict, RowSet};
-use crate::domain::rows::TripleVaultRow;
+use crate::domain::rows::{
+    AtomRow, PairRow, PositionRow, TermRow, TripleRow, TripleTermRow, TripleVaultRow, VaultRow,
+};
 use crate::domain::{Address, Changes, Event, EventKind, EventMeta, State};
 
 /// The columns every event table has, in table order.
@@ -343,10 +346,21 @@ enum Value {
 /// target of each: the table's primary key (the row's identity in SPEC §2); every other column is
 /// replaced, since the fold's row is the truth.
 pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
-    let mut out = Vec::with_capacity(5);
+    let mut out = vec![
+        atom_rows(changes.atoms.iter().filter_map(|id| state.atom(id))),
+        triple_rows(changes.triples.iter().filter_map(|id| state.triple(id))),
+        position_rows(changes.positions.iter().filter_map(|k| state.position(k))),
+        vault_rows(changes.vaults.iter().filter_map(|k| state.vault(k))),
+        term_rows(changes.terms.iter().filter_map(|id| state.term(id))),
+    ];
+    out.retain(|r| !r.is_empty());
+    out
+}
 
+/// Upserts of atom rows (conflict target: `term_id`).
+pub fn atom_rows(rows: impl IntoIterator<Item = AtomRow>) -> RowSet {
     let mut t = Cols::default();
-    for r in changes.atoms.iter().filter_map(|id| state.atom(id)) {
+    for r in rows {
         t.text(0, r.term_id.to_string());
         t.text(1, checksum(&r.creator_id));
         t.text(2, checksum(&r.wallet_id));
@@ -357,7 +371,7 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
         t.text(3, r.transaction_hash.to_string());
         t.time(0, r.created_at);
     }
-    out.push(t.rowset(
+    t.rowset(
         "atom",
         &["term_id"],
         &[
@@ -371,10 +385,13 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
             ("transaction_hash", T(3)),
             ("created_at", Ts(0)),
         ],
-    ));
+    )
+}
 
+/// Upserts of triple rows (conflict target: `term_id`).
+pub fn triple_rows(rows: impl IntoIterator<Item = TripleRow>) -> RowSet {
     let mut t = Cols::default();
-    for r in changes.triples.iter().filter_map(|id| state.triple(id)) {
+    for r in rows {
         t.text(0, r.term_id.to_string());
         t.text(1, r.counter_term_id.to_string());
         t.text(2, checksum(&r.creator_id));
@@ -386,7 +403,7 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
         t.text(6, r.transaction_hash.to_string());
         t.time(0, r.created_at);
     }
-    out.push(t.rowset(
+    t.rowset(
         "triple",
         &["term_id"],
         &[
@@ -401,10 +418,13 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
             ("transaction_hash", T(6)),
             ("created_at", Ts(0)),
         ],
-    ));
+    )
+}
 
+/// Upserts of position rows (conflict target: `(account_id, term_id, curve_id)`).
+pub fn position_rows(rows: impl IntoIterator<Item = PositionRow>) -> RowSet {
     let mut t = Cols::default();
-    for r in changes.positions.iter().filter_map(|k| state.position(k)) {
+    for r in rows {
         t.text(0, checksum(&r.account_id));
         t.text(1, r.term_id.to_string());
         t.num(0, &r.curve_id);
@@ -414,7 +434,7 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
         t.time(0, r.created_at);
         t.time(1, r.updated_at);
     }
-    out.push(t.rowset(
+    t.rowset(
         "position",
         &["account_id", "term_id", "curve_id"],
         &[
@@ -427,10 +447,13 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
             ("created_at", Ts(0)),
             ("updated_at", Ts(1)),
         ],
-    ));
+    )
+}
 
+/// Upserts of vault rows (conflict target: `(term_id, curve_id)`).
+pub fn vault_rows(rows: impl IntoIterator<Item = VaultRow>) -> RowSet {
     let mut t = Cols::default();
-    for r in changes.vaults.iter().filter_map(|k| state.vault(k)) {
+    for r in rows {
         t.text(0, r.term_id.to_string());
         t.num(0, &r.curve_id);
         t.num(1, &r.total_shares);
@@ -440,7 +463,7 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
         t.int(0, r.position_count);
         t.text(1, r.vault_type.as_str().to_owned());
     }
-    out.push(t.rowset(
+    t.rowset(
         "vault",
         &["term_id", "curve_id"],
         &[
@@ -453,10 +476,13 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
             ("position_count", I(0)),
             ("vault_type", T(1)),
         ],
-    ));
+    )
+}
 
+/// Upserts of term rows (conflict target: `id`).
+pub fn term_rows(rows: impl IntoIterator<Item = TermRow>) -> RowSet {
     let mut t = Cols::default();
-    for r in changes.terms.iter().filter_map(|id| state.term(id)) {
+    for r in rows {
         t.text(0, r.id.to_string());
         t.text(1, r.term_type.as_str().to_owned());
         t.opt_text(0, r.atom_id.map(|a| a.to_string()));
@@ -464,7 +490,7 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
         t.num(0, &r.total_assets);
         t.num(1, &r.total_market_cap);
     }
-    out.push(t.rowset(
+    t.rowset(
         "term",
         &["id"],
         &[
@@ -475,9 +501,7 @@ pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
             ("total_assets", N(0)),
             ("total_market_cap", N(1)),
         ],
-    ));
-    out.retain(|r| !r.is_empty());
-    out
+    )
 }
 
 /// Upserts of triple_vault rows (conflict target: `(term_id, counter_term_id, curve_id)`).
@@ -503,6 +527,67 @@ pub fn triple_vault_rows(rows: &[TripleVaultRow]) -> RowSet {
             ("total_assets", N(2)),
             ("position_count", I(0)),
             ("market_cap", N(3)),
+        ],
+    )
+}
+
+/// Upserts of triple_term rows (conflict target: `(term_id, counter_term_id)`).
+pub fn triple_term_rows(rows: &[TripleTermRow]) -> RowSet {
+    let mut t = Cols::default();
+    for r in rows {
+        t.text(0, r.term_id.to_string());
+        t.text(1, r.counter_term_id.to_string());
+        t.num(0, &r.total_assets);
+        t.num(1, &r.total_market_cap);
+        t.int(0, r.total_position_count);
+    }
+    t.rowset(
+        "triple_term",
+        &["term_id", "counter_term_id"],
+        &[
+            ("term_id", T(0)),
+            ("counter_term_id", T(1)),
+            ("total_assets", N(0)),
+            ("total_market_cap", N(1)),
+            ("total_position_count", I(0)),
+        ],
+    )
+}
+
+/// Upserts of whole predicate_object rows (conflict target: `(predicate_id, object_id)`). The
+/// analytics consumer moves these rows by deltas instead; whole rows are for rebuilds.
+pub fn predicate_object_rows(rows: impl IntoIterator<Item = PairRow>) -> RowSet {
+    pair_rows("predicate_object", &["predicate_id", "object_id"], rows)
+}
+
+/// Upserts of whole subject_predicate rows (conflict target: `(subject_id, predicate_id)`).
+pub fn subject_predicate_rows(rows: impl IntoIterator<Item = PairRow>) -> RowSet {
+    pair_rows("subject_predicate", &["subject_id", "predicate_id"], rows)
+}
+
+/// A pair aggregate table: `key` names its two id columns, in [`PairRow::key`] order.
+fn pair_rows(
+    table: &'static str,
+    key: &'static [&'static str; 2],
+    rows: impl IntoIterator<Item = PairRow>,
+) -> RowSet {
+    let mut t = Cols::default();
+    for r in rows {
+        t.text(0, r.key.0.to_string());
+        t.text(1, r.key.1.to_string());
+        t.int(0, r.triple_count);
+        t.int(1, r.total_position_count);
+        t.num(0, &r.total_market_cap);
+    }
+    t.rowset(
+        table,
+        key,
+        &[
+            (key[0], T(0)),
+            (key[1], T(1)),
+            ("triple_count", I(0)),
+            ("total_position_count", I(1)),
+            ("total_market_cap", N(0)),
         ],
     )
 }

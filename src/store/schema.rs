@@ -120,6 +120,34 @@ diesel::table! {
 }
 
 diesel::table! {
+    reorged_events (reorg_id, transaction_hash, log_index) {
+        reorg_id -> Int8,
+        event_table -> Text,
+        transaction_hash -> Text,
+        log_index -> Int8,
+        block_number -> Int8,
+        network -> Nullable<Text>,
+        fork_block -> Int8,
+        reorged_at -> Timestamptz,
+        event_row -> Jsonb,
+    }
+}
+
+diesel::table! {
+    reorgs (id) {
+        id -> Int8,
+        consumer_group -> Text,
+        stream -> Text,
+        entry_id -> Text,
+        network -> Nullable<Text>,
+        fork_block -> Int8,
+        depth -> Nullable<Int8>,
+        events_moved -> Int8,
+        applied_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     share_price_changed_events (transaction_hash, log_index) {
         transaction_hash -> Text,
         log_index -> Int8,
@@ -248,6 +276,8 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(reorged_events -> reorgs (reorg_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     atom,
     atom_created_events,
@@ -256,6 +286,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     position,
     predicate_object,
     redeemed_events,
+    reorged_events,
+    reorgs,
     share_price_changed_events,
     subject_predicate,
     sync_progress,

@@ -9,6 +9,13 @@
 //! - the **writer** commits each batch (event log, changed rows, progress, outbox) in one
 //!   transaction, then publishes the term updates, dead-letters bad input and acknowledges.
 //!
+//! A reorg notice (SPEC §5) cuts its batch: the reader sends the entries before it as a batch,
+//! then the notice, and stops reading. The writer commits the batch, then applies the notice in
+//! one transaction (`store::reorg`: orphaned events leave the event log, every derived table is
+//! rebuilt), acknowledges it, and the pipeline restarts, so the in-memory state is rebuilt from
+//! the event log without the orphaned events. Entries after the notice were never folded; still
+//! pending, they are read again after the restart, so they apply after the reorg.
+//!
 //! **Architecture Invariant:** the in-memory state is a fold of the committed event log plus the
 //! batches in flight. Any failure tears the pipeline down and rebuilds the state from Postgres, so
 //! a batch that did not commit leaves no trace anywhere; its entries, never acknowledged, are read
@@ -28,9 +35,10 @@ use tokio::sync::{mpsc, watch};
 use crate::config::SyncSettings;
 use crate::domain::Event;
 use crate::health::{Health, Role};
-use crate::ingest::decode::{decode_envelope, Envelope};
+use crate::ingest::decode::{decode_envelope, Envelope, ReorgNotice};
 use crate::ingest::stream::{self, DeadLetter, Entry, EntrySource, GroupReader};
 use crate::metrics::EventLabels;
+use crate::store::reorg::{ReorgOutcome, ReorgRequest};
 use crate::store::{self, BatchWrite, Pool, StreamProgress};
 use shards::Shards;
 
@@ -45,7 +53,12 @@ pub struct SyncStats {
     pub events_conflicting: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub batches: AtomicU64,
+    /// Pipeline restarts after a failure.
     pub restarts: AtomicU64,
+    /// Reorg notices applied.
+    pub reorgs: AtomicU64,
+    /// Events taken out of the event log by reorgs.
+    pub events_reorged: AtomicU64,
     /// Commit time of every batch, in microseconds (bounded: the newest 100,000).
     pub commit_micros: Mutex<Vec<u64>>,
     /// When the first entries were read, and when the last batch committed.
@@ -135,7 +148,14 @@ pub async fn run(
         let result = pipeline(&settings, &consumer, &stats, stop.clone()).await;
         stats.health.set_role(Role::Starting);
         match result {
-            Ok(()) => return Ok(()),
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Reorged) => {
+                failures = 0;
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                tracing::info!("rebuilding the in-memory state after a reorg");
+            }
             Err(e)
                 if e.chain()
                     .any(|c| c.downcast_ref::<store::lease::Fenced>().is_some()) =>
@@ -168,6 +188,30 @@ pub async fn run(
     }
 }
 
+/// Why a pipeline ended without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Shutdown was requested.
+    Stopped,
+    /// A reorg was applied: the in-memory state must be rebuilt from the event log.
+    Reorged,
+}
+
+/// What the reader hands the writer, in stream order.
+#[derive(Debug)]
+enum Work {
+    Batch(Prepared),
+    Reorg(ReorgWork),
+}
+
+/// A reorg notice and the entry that carried it.
+#[derive(Debug)]
+struct ReorgWork {
+    stream: String,
+    entry_id: String,
+    notice: ReorgNotice,
+}
+
 /// A batch ready to commit.
 #[derive(Debug)]
 struct Prepared {
@@ -187,7 +231,7 @@ async fn pipeline(
     consumer: &str,
     stats: &Arc<SyncStats>,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let url = &settings.connections.database_url;
     store::create_database_if_missing(url).await?;
     let applied = store::migrate(url).await?;
@@ -199,7 +243,7 @@ async fn pipeline(
     // from Postgres before writing anything (the previous holder may have committed more).
     let Some(lease) = standby_until_leased(&pool, settings, consumer, stats, &mut stop).await?
     else {
-        return Ok(());
+        return Ok(Ended::Stopped);
     };
     let (lost_tx, mut lost) = watch::channel(false);
     let heartbeat = tokio::spawn(heartbeat(
@@ -242,7 +286,7 @@ async fn pipeline(
     stats.health.set_role(Role::Writer);
     tracing::info!(streams = %settings.redis_streams.join(","), group = %settings.consumer_group, consumer, "consuming");
 
-    let (tx, rx) = mpsc::channel::<Prepared>(1);
+    let (tx, rx) = mpsc::channel::<Work>(1);
     let writer = tokio::spawn(writer(
         pool.clone(),
         redis_out,
@@ -256,13 +300,13 @@ async fn pipeline(
         settings.batch_timeout(),
         settings.processing_timeout(),
     );
-    let read_result: anyhow::Result<()> = loop {
+    let read_result: anyhow::Result<Ended> = loop {
         if *stop.borrow() {
-            break Ok(());
+            break Ok(Ended::Stopped);
         }
         let entries = tokio::select! {
             r = source.next(&mut reader) => match r { Ok(e) => e, Err(e) => break Err(e) },
-            _ = stop.wait_for(|s| *s) => break Ok(()),
+            _ = stop.wait_for(|s| *s) => break Ok(Ended::Stopped),
             _ = lost.wait_for(|l| *l) => break Err(store::lease::Fenced { group: lease.group.clone(), token: lease.token }.into()),
         };
         if entries.is_empty() {
@@ -270,22 +314,37 @@ async fn pipeline(
         }
         stats.record_read();
         let prepare_started = Instant::now();
-        let prepared = tokio::task::block_in_place(|| {
-            prepare(&mut shards, entries, settings, prepare_started)
+        let (prepared, reorg) = tokio::task::block_in_place(|| {
+            prepare(
+                &mut shards,
+                entries,
+                settings.workers as usize,
+                prepare_started,
+            )
         });
         tracing::trace!(
             micros = prepare_started.elapsed().as_micros() as u64,
             "prepared batch"
         );
-        if tx.send(prepared).await.is_err() {
-            break Ok(()); // the writer stopped: its result says why
+        if let Some(prepared) = prepared {
+            if tx.send(Work::Batch(prepared)).await.is_err() {
+                break Ok(Ended::Stopped); // the writer stopped: its result says why
+            }
+        }
+        if let Some(reorg) = reorg {
+            // Nothing more is read or folded on the state from before the reorg: the pipeline
+            // restarts once the writer has applied it.
+            if tx.send(Work::Reorg(reorg)).await.is_err() {
+                break Ok(Ended::Stopped);
+            }
+            break Ok(Ended::Reorged);
         }
     };
     drop(tx);
     let write_result = writer.await.context("the writer task panicked")?;
     heartbeat.abort();
-    let result = read_result.and(write_result);
-    if result.is_ok() {
+    let result = write_result.and(read_result);
+    if matches!(result, Ok(Ended::Stopped)) {
         // A graceful stop hands the lease over at once.
         if let Ok(mut conn) = pool.get().await {
             let _ = store::lease::release(&mut conn, &lease).await;
@@ -352,25 +411,35 @@ async fn heartbeat(
     }
 }
 
-/// Decodes and folds a batch of entries into the rows it writes.
+/// Decodes and folds a batch of entries into the rows it writes. A reorg notice cuts the batch:
+/// the entries before it are the batch, the notice is returned beside it, and the entries after
+/// it are left out (not acknowledged, so read again once the reorg is applied).
 fn prepare(
     shards: &mut Shards,
     entries: Vec<Entry>,
-    settings: &SyncSettings,
+    workers: usize,
     read_at: Instant,
-) -> Prepared {
-    let n = entries.len();
-    let mut events: Vec<Event> = Vec::with_capacity(n * 4);
+) -> (Option<Prepared>, Option<ReorgWork>) {
+    let mut events: Vec<Event> = Vec::with_capacity(entries.len() * 4);
     let mut dead_letters = Vec::new();
     let mut progress: Vec<StreamProgress> = Vec::new();
-    let mut acks = Vec::with_capacity(n);
-    for (entry, decoded) in decode_all(&entries, settings.workers as usize) {
+    let mut acks = Vec::with_capacity(entries.len());
+    let mut reorg = None;
+    for (entry, decoded) in decode_all(&entries, workers) {
         match decoded {
             Decoded::Events(mut e, mut letters) => {
                 events.append(&mut e);
                 dead_letters.append(&mut letters);
             }
             Decoded::Dead(letter) => dead_letters.push(letter),
+            Decoded::Reorg(notice) => {
+                reorg = Some(ReorgWork {
+                    stream: entry.stream.clone(),
+                    entry_id: entry.id.clone(),
+                    notice,
+                });
+                break;
+            }
         }
         match progress.iter_mut().find(|p| p.stream == entry.stream) {
             Some(p) => {
@@ -387,8 +456,12 @@ fn prepare(
         }
         acks.push((entry.stream.clone(), entry.id.clone()));
     }
+    let n = acks.len();
+    if n == 0 {
+        return (None, reorg);
+    }
     let folded = shards.fold(events);
-    Prepared {
+    let prepared = Prepared {
         write: BatchWrite {
             rows: folded.rows,
             progress,
@@ -402,12 +475,14 @@ fn prepare(
         read_at,
         duplicates: folded.duplicates,
         conflicts: folded.conflicts,
-    }
+    };
+    (Some(prepared), reorg)
 }
 
 enum Decoded {
     Events(Vec<Event>, Vec<DeadLetter>),
     Dead(DeadLetter),
+    Reorg(ReorgNotice),
 }
 
 /// Decodes entries, in parallel when there are several workers.
@@ -449,17 +524,17 @@ fn decode_entry(entry: &Entry) -> Decoded {
     };
     match decode_envelope(payload) {
         Err(e) => Decoded::Dead(dead(payload, e.to_string())),
-        Ok(Envelope::Reorg(notice)) => Decoded::Dead(dead(
-            payload,
-            format!("reorg notice (fork_block {}) is not applied by this version; re-inject it after upgrading", notice.fork_block),
-        )),
+        Ok(Envelope::Reorg(notice)) => Decoded::Reorg(notice),
         Ok(Envelope::Events { items, .. }) => {
             let mut events = Vec::with_capacity(items.len());
             let mut letters = Vec::new();
             for item in items {
                 match item {
                     Ok(e) => events.push(e),
-                    Err(bad) => letters.push(dead(&single_item_envelope(payload, &bad.item), bad.to_string())),
+                    Err(bad) => letters.push(dead(
+                        &single_item_envelope(payload, &bad.item),
+                        bad.to_string(),
+                    )),
                 }
             }
             Decoded::Events(events, letters)
@@ -491,103 +566,196 @@ async fn writer(
     redis: MultiplexedConnection,
     settings: SyncSettings,
     stats: Arc<SyncStats>,
-    mut rx: mpsc::Receiver<Prepared>,
+    mut rx: mpsc::Receiver<Work>,
     lease: store::lease::Lease,
 ) -> anyhow::Result<()> {
-    let lease = &lease;
+    while let Some(work) = rx.recv().await {
+        match work {
+            Work::Batch(p) => write_batch(&pool, &redis, &settings, &stats, p, &lease).await?,
+            Work::Reorg(r) => apply_reorg(&pool, &redis, &settings, &stats, r, &lease).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Commits a batch, publishes its term updates, dead-letters its bad input, acknowledges it.
+async fn write_batch(
+    pool: &Pool,
+    redis: &MultiplexedConnection,
+    settings: &SyncSettings,
+    stats: &SyncStats,
+    p: Prepared,
+    lease: &store::lease::Lease,
+) -> anyhow::Result<()> {
     let group = settings.consumer_group.as_str();
     let term_stream = settings.analytics.term_updates_stream.as_str();
     let retries = settings.max_retries;
     let timeout = settings.processing_timeout();
-    while let Some(p) = rx.recv().await {
-        let started = Instant::now();
-        let write = &p.write;
-        let outbox = with_retries("commit batch", retries, || {
-            let pool = pool.clone();
-            async move {
-                let mut conn = pool.get().await.context("taking a database connection")?;
-                tokio::time::timeout(timeout, store::commit(&mut conn, group, write, lease))
-                    .await
-                    .context("batch commit timed out (PROCESSING_TIMEOUT_MS)")?
-            }
-        })
-        .await?;
-        let commit_time = started.elapsed();
-        stats.record_commit(commit_time);
-        stats.health.record_success();
-        if let Some(id) = outbox {
-            with_retries("publish term updates", retries, || {
-                let mut redis = redis.clone();
-                async move {
-                    stream::publish_term_updates(&mut redis, term_stream, &write.term_updates).await
-                }
-            })
-            .await?;
+    let started = Instant::now();
+    let write = &p.write;
+    let outbox = with_retries("commit batch", retries, || {
+        let pool = pool.clone();
+        async move {
             let mut conn = pool.get().await.context("taking a database connection")?;
-            store::published(&mut conn, id).await?;
+            tokio::time::timeout(timeout, store::commit(&mut conn, group, write, lease))
+                .await
+                .context("batch commit timed out (PROCESSING_TIMEOUT_MS)")?
         }
-        if !p.dead_letters.is_empty() {
-            for l in &p.dead_letters {
-                tracing::warn!(stream = %l.source_stream, entry_id = %l.source_id, error = %l.error, "dead-lettered bad input");
-            }
-            let letters = &p.dead_letters;
-            with_retries("dead-letter", retries, || {
-                let mut redis = redis.clone();
-                async move { stream::dead_letter(&mut redis, letters).await }
-            })
-            .await?;
-        }
-        let acks = &p.acks;
-        with_retries("acknowledge", retries, || {
+    })
+    .await?;
+    let commit_time = started.elapsed();
+    stats.record_commit(commit_time);
+    stats.health.record_success();
+    if let Some(id) = outbox {
+        with_retries("publish term updates", retries, || {
             let mut redis = redis.clone();
-            async move { stream::ack(&mut redis, group, acks).await }
+            async move {
+                stream::publish_term_updates(&mut redis, term_stream, &write.term_updates).await
+            }
         })
         .await?;
-        stats.entries.fetch_add(p.entries as u64, Ordering::Relaxed);
-        stats
-            .events_new
-            .fetch_add(p.new_events as u64, Ordering::Relaxed);
-        stats
-            .events_duplicate
-            .fetch_add(p.duplicates as u64, Ordering::Relaxed);
-        stats
-            .events_conflicting
-            .fetch_add(p.conflicts as u64, Ordering::Relaxed);
-        stats
-            .dead_lettered
-            .fetch_add(p.dead_letters.len() as u64, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        let m = &stats.health.metrics;
-        for (event_type, n) in &p.new_by_type {
-            m.events_processed
-                .get_or_create(&EventLabels {
-                    event_type: event_type.clone(),
-                })
-                .inc_by(*n);
-        }
+        let mut conn = pool.get().await.context("taking a database connection")?;
+        store::published(&mut conn, id).await?;
+    }
+    if !p.dead_letters.is_empty() {
         for l in &p.dead_letters {
-            m.events_failed
-                .get_or_create(&EventLabels {
-                    event_type: event_type_of(&l.payload),
-                })
-                .inc();
+            tracing::warn!(stream = %l.source_stream, entry_id = %l.source_id, error = %l.error, "dead-lettered bad input");
         }
-        m.dead_lettered_events.inc_by(p.dead_letters.len() as u64);
-        m.events_duplicate.inc_by(p.duplicates as u64);
-        m.events_conflicting.inc_by(p.conflicts as u64);
-        m.database_write_duration_seconds
-            .observe(commit_time.as_secs_f64());
-        m.batch_size_entries.observe(p.entries as f64);
-        m.batch_size_events
-            .observe((p.new_events + p.duplicates + p.conflicts) as f64);
-        m.event_processing_duration_seconds
-            .observe(p.read_at.elapsed().as_secs_f64());
-        tracing::debug!(
-            entries = p.entries,
-            new_events = p.new_events,
-            commit_ms = started.elapsed().as_millis() as u64,
-            "batch committed"
-        );
+        let letters = &p.dead_letters;
+        with_retries("dead-letter", retries, || {
+            let mut redis = redis.clone();
+            async move { stream::dead_letter(&mut redis, letters).await }
+        })
+        .await?;
+    }
+    let acks = &p.acks;
+    with_retries("acknowledge", retries, || {
+        let mut redis = redis.clone();
+        async move { stream::ack(&mut redis, group, acks).await }
+    })
+    .await?;
+    stats.entries.fetch_add(p.entries as u64, Ordering::Relaxed);
+    stats
+        .events_new
+        .fetch_add(p.new_events as u64, Ordering::Relaxed);
+    stats
+        .events_duplicate
+        .fetch_add(p.duplicates as u64, Ordering::Relaxed);
+    stats
+        .events_conflicting
+        .fetch_add(p.conflicts as u64, Ordering::Relaxed);
+    stats
+        .dead_lettered
+        .fetch_add(p.dead_letters.len() as u64, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    let m = &stats.health.metrics;
+    for (event_type, n) in &p.new_by_type {
+        m.events_processed
+            .get_or_create(&EventLabels {
+                event_type: event_type.clone(),
+            })
+            .inc_by(*n);
+    }
+    for l in &p.dead_letters {
+        m.events_failed
+            .get_or_create(&EventLabels {
+                event_type: event_type_of(&l.payload),
+            })
+            .inc();
+    }
+    m.dead_lettered_events.inc_by(p.dead_letters.len() as u64);
+    m.events_duplicate.inc_by(p.duplicates as u64);
+    m.events_conflicting.inc_by(p.conflicts as u64);
+    m.database_write_duration_seconds
+        .observe(commit_time.as_secs_f64());
+    m.batch_size_entries.observe(p.entries as f64);
+    m.batch_size_events
+        .observe((p.new_events + p.duplicates + p.conflicts) as f64);
+    m.event_processing_duration_seconds
+        .observe(p.read_at.elapsed().as_secs_f64());
+    tracing::debug!(
+        entries = p.entries,
+        new_events = p.new_events,
+        commit_ms = started.elapsed().as_millis() as u64,
+        "batch committed"
+    );
+    Ok(())
+}
+
+/// Applies a reorg notice (every earlier entry of its stream is committed by now), then
+/// acknowledges it. No processing timeout: the rebuild's work grows with the whole event log,
+/// not with a batch.
+async fn apply_reorg(
+    pool: &Pool,
+    redis: &MultiplexedConnection,
+    settings: &SyncSettings,
+    stats: &SyncStats,
+    r: ReorgWork,
+    lease: &store::lease::Lease,
+) -> anyhow::Result<()> {
+    let group = settings.consumer_group.as_str();
+    let retries = settings.max_retries;
+    let started = Instant::now();
+    tracing::warn!(
+        stream = %r.stream,
+        entry_id = %r.entry_id,
+        network = r.notice.network.as_deref().unwrap_or("(every network)"),
+        fork_block = r.notice.fork_block,
+        depth = r.notice.depth,
+        "reorg notice: rolling back the event log"
+    );
+    let request = ReorgRequest {
+        group,
+        stream: &r.stream,
+        entry_id: &r.entry_id,
+        notice: &r.notice,
+        lease: Some(lease),
+    };
+    let outcome = with_retries("apply reorg", retries, || {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get().await.context("taking a database connection")?;
+            store::reorg::apply(&mut conn, request, &mut |_| {}).await
+        }
+    })
+    .await
+    .with_context(|| format!("reorg notice {} of stream {}", r.entry_id, r.stream))?;
+    let acks = [(r.stream.clone(), r.entry_id.clone())];
+    with_retries("acknowledge", retries, || {
+        let mut redis = redis.clone();
+        let acks = &acks;
+        async move { stream::ack(&mut redis, group, acks).await }
+    })
+    .await?;
+    stats.entries.fetch_add(1, Ordering::Relaxed);
+    match &outcome {
+        ReorgOutcome::AlreadyApplied => tracing::info!(
+            stream = %r.stream,
+            entry_id = %r.entry_id,
+            "reorg notice was applied before (redelivered): nothing to do"
+        ),
+        ReorgOutcome::Applied {
+            reorg_id,
+            moved,
+            rebuilt,
+        } => {
+            let events_moved = outcome.events_moved();
+            stats.reorgs.fetch_add(1, Ordering::Relaxed);
+            stats.health.metrics.reorgs.inc();
+            stats
+                .events_reorged
+                .fetch_add(events_moved as u64, Ordering::Relaxed);
+            tracing::warn!(
+                reorg_id,
+                network = r.notice.network.as_deref().unwrap_or("(every network)"),
+                fork_block = r.notice.fork_block,
+                events_moved,
+                per_table = ?moved.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+                events_left = rebuilt.as_ref().map(|b| b.events),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reorg applied: orphaned events moved to reorged_events, derived tables rebuilt"
+            );
+        }
     }
     Ok(())
 }
@@ -649,4 +817,74 @@ async fn republish_outbox(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, payload: &str) -> Entry {
+        Entry {
+            stream: "in".to_owned(),
+            id: id.to_owned(),
+            payload: Some(payload.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_reorg_notice_cuts_its_batch() {
+        let lines: Vec<&str> = include_str!("../../tests/fixtures/small.jsonl")
+            .lines()
+            .take(3)
+            .collect();
+        let notice = r#"{"event_name":"__rindexer_reorg","network":"intuition","event_data":[{"type":"reorg","network":"intuition","fork_block":"0x51f","depth":3}]}"#;
+        let entries = vec![
+            entry("1-0", lines[0]),
+            entry("2-0", "not json"),
+            entry("3-0", notice),
+            entry("4-0", lines[1]),
+            entry("5-0", notice),
+        ];
+        let mut shards = Shards::new(2);
+        let (batch, reorg) = prepare(&mut shards, entries, 2, Instant::now());
+        let batch = batch.expect("the entries before the notice");
+        assert_eq!(
+            batch.acks,
+            [
+                ("in".to_owned(), "1-0".to_owned()),
+                ("in".to_owned(), "2-0".to_owned())
+            ],
+            "only entries before the notice are acknowledged with the batch"
+        );
+        assert_eq!(batch.dead_letters.len(), 1);
+        assert_eq!(batch.write.progress[0].last_entry_id, "2-0");
+        let reorg = reorg.expect("the notice");
+        assert_eq!(
+            (reorg.stream.as_str(), reorg.entry_id.as_str()),
+            ("in", "3-0")
+        );
+        assert_eq!(reorg.notice.fork_block, 0x51f);
+        let events_before = events_of(lines[0]);
+        assert_eq!(
+            shards.event_count(),
+            events_before,
+            "entry 4-0 was not folded"
+        );
+
+        let (batch, reorg) = prepare(
+            &mut Shards::new(1),
+            vec![entry("6-0", notice)],
+            1,
+            Instant::now(),
+        );
+        assert!(batch.is_none(), "nothing before the notice: no batch");
+        assert_eq!(reorg.map(|r| r.entry_id), Some("6-0".to_owned()));
+    }
+
+    fn events_of(line: &str) -> usize {
+        match decode_envelope(line.as_bytes()) {
+            Ok(Envelope::Events { items, .. }) => items.iter().filter(|i| i.is_ok()).count(),
+            other => panic!("not events: {other:?}"),
+        }
+    }
 }

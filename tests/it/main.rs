@@ -4,6 +4,8 @@
 mod analytics;
 mod lease;
 mod ops;
+mod reorg;
+mod replay_verify;
 mod support;
 mod sync;
 mod tidy;

@@ -1,0 +1,1 @@
+DROP TABLE reorged_events, reorgs;
