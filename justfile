@@ -43,3 +43,11 @@ bench-sync EVENTS="1000000":
 bench-fold-large EVENTS="1000000":
     test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
     cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode fold --runs 3
+
+# The fault-injection suite (kill -9 ten times, Postgres and Redis cut, a storm of bad input).
+faults:
+    cargo test --test it faults -- --nocapture
+
+# Fuzz the decoder longer than CI does (proptest over bytes, JSON and mutated envelopes).
+fuzz CASES="200000":
+    PROPTEST_CASES={{CASES}} cargo test --release --lib fuzz

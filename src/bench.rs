@@ -168,6 +168,7 @@ pub async fn sync(
         processing_timeout_ms: 60_000,
         max_retries: 3,
         lease_ttl_ms: 5_000,
+        max_entry_bytes: 1 << 20,
         analytics: AnalyticsSettings {
             term_updates_stream: term_updates.clone(),
             consumer_group_suffix: String::new(),

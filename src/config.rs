@@ -77,6 +77,10 @@ pub struct SyncSettings {
     /// Retries of a failed database or Redis operation before the pipeline restarts.
     #[arg(long, env = "MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub max_retries: u32,
+    /// Largest entry accepted, in bytes; a larger one is dead-lettered unread (bounds the memory
+    /// of a batch together with BATCH_SIZE).
+    #[arg(long, env = "MAX_ENTRY_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1024..=536_870_912))]
+    pub max_entry_bytes: u64,
     /// The writer lease expires this long after the holder's last heartbeat; a standby then takes
     /// over. Milliseconds.
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]

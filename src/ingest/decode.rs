@@ -1219,3 +1219,85 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Fuzzing of the decoder with proptest: arbitrary bytes, arbitrary JSON, and mutations of
+    //! valid envelopes never panic, and whatever decodes is within the documented ranges.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = include_str!("../../tests/fixtures/small.jsonl");
+
+    fn check(bytes: &[u8]) {
+        if let Ok(Envelope::Events { items, .. }) = decode_envelope(bytes) {
+            for e in items.into_iter().flatten() {
+                assert!(e.meta.log_index >= 0 && e.meta.block_number >= 0);
+                assert!(e
+                    .meta
+                    .block_timestamp
+                    .is_none_or(|t| (0..=MAX_TIMESTAMP).contains(&t)));
+                assert!(e.meta.network.as_deref().is_none_or(|n| !n.contains('\0')));
+            }
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[0-9a-fA-Fx]{0,70}".prop_map(Value::String),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("event_name".to_owned()),
+                            Just("event_data".to_owned()),
+                            Just("termId".to_owned()),
+                            Just("transaction_information".to_owned()),
+                            Just("log_index".to_owned()),
+                            "[a-zA-Z_]{1,12}".prop_map(|s| s)
+                        ],
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            check(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(v in json_value(), name in prop_oneof![Just("Deposited"), Just("Redeemed"), Just("AtomCreated"), Just("TripleCreated"), Just("SharePriceChanged"), Just("__rindexer_reorg"), Just("X")]) {
+            let envelope = serde_json::json!({"event_name": name, "event_data": [v.clone()], "network": "n"});
+            check(envelope.to_string().as_bytes());
+            check(v.to_string().as_bytes());
+        }
+
+        #[test]
+        fn mutated_valid_envelopes_never_panic(line in 0usize..900, flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let lines: Vec<&str> = VALID.lines().collect();
+            let mut bytes = lines[line % lines.len()].as_bytes().to_vec();
+            for (at, b) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            check(&bytes);
+        }
+    }
+}

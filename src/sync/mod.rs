@@ -320,6 +320,7 @@ async fn pipeline(
                 entries,
                 settings.workers as usize,
                 prepare_started,
+                settings.max_entry_bytes as usize,
             )
         });
         tracing::trace!(
@@ -419,13 +420,14 @@ fn prepare(
     entries: Vec<Entry>,
     workers: usize,
     read_at: Instant,
+    max_entry_bytes: usize,
 ) -> (Option<Prepared>, Option<ReorgWork>) {
     let mut events: Vec<Event> = Vec::with_capacity(entries.len() * 4);
     let mut dead_letters = Vec::new();
     let mut progress: Vec<StreamProgress> = Vec::new();
     let mut acks = Vec::with_capacity(entries.len());
     let mut reorg = None;
-    for (entry, decoded) in decode_all(&entries, workers) {
+    for (entry, decoded) in decode_all(&entries, workers, max_entry_bytes) {
         match decoded {
             Decoded::Events(mut e, mut letters) => {
                 events.append(&mut e);
@@ -486,9 +488,12 @@ enum Decoded {
 }
 
 /// Decodes entries, in parallel when there are several workers.
-fn decode_all(entries: &[Entry], workers: usize) -> Vec<(&Entry, Decoded)> {
+fn decode_all(entries: &[Entry], workers: usize, max_entry_bytes: usize) -> Vec<(&Entry, Decoded)> {
     if workers <= 1 || entries.len() < 64 {
-        return entries.iter().map(|e| (e, decode_entry(e))).collect();
+        return entries
+            .iter()
+            .map(|e| (e, decode_entry(e, max_entry_bytes)))
+            .collect();
     }
     let chunk = entries.len().div_ceil(workers);
     std::thread::scope(|s| {
@@ -497,7 +502,7 @@ fn decode_all(entries: &[Entry], workers: usize) -> Vec<(&Entry, Decoded)> {
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|e| (e, decode_entry(e)))
+                        .map(|e| (e, decode_entry(e, max_entry_bytes)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -509,7 +514,7 @@ fn decode_all(entries: &[Entry], workers: usize) -> Vec<(&Entry, Decoded)> {
     })
 }
 
-fn decode_entry(entry: &Entry) -> Decoded {
+fn decode_entry(entry: &Entry, max_entry_bytes: usize) -> Decoded {
     let dead = |payload: &[u8], error: String| DeadLetter {
         source_stream: entry.stream.clone(),
         source_id: entry.id.clone(),
@@ -522,6 +527,15 @@ fn decode_entry(entry: &Entry) -> Decoded {
             format!("entry has no {} field", stream::PAYLOAD_FIELDS.join(", ")),
         ));
     };
+    if payload.len() > max_entry_bytes {
+        return Decoded::Dead(dead(
+            payload,
+            format!(
+                "entry of {} bytes exceeds MAX_ENTRY_BYTES ({max_entry_bytes})",
+                payload.len()
+            ),
+        ));
+    }
     match decode_envelope(payload) {
         Err(e) => Decoded::Dead(dead(payload, e.to_string())),
         Ok(Envelope::Reorg(notice)) => Decoded::Reorg(notice),
@@ -846,7 +860,7 @@ mod tests {
             entry("5-0", notice),
         ];
         let mut shards = Shards::new(2);
-        let (batch, reorg) = prepare(&mut shards, entries, 2, Instant::now());
+        let (batch, reorg) = prepare(&mut shards, entries, 2, Instant::now(), 1 << 20);
         let batch = batch.expect("the entries before the notice");
         assert_eq!(
             batch.acks,
@@ -876,6 +890,7 @@ mod tests {
             vec![entry("6-0", notice)],
             1,
             Instant::now(),
+            1 << 20,
         );
         assert!(batch.is_none(), "nothing before the notice: no batch");
         assert_eq!(reorg.map(|r| r.entry_id), Some("6-0".to_owned()));

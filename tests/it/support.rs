@@ -78,6 +78,7 @@ impl TestEnv {
             processing_timeout_ms: 2_000,
             max_retries: 3,
             lease_ttl_ms: 2_000,
+            max_entry_bytes: 1 << 20,
             analytics: AnalyticsSettings {
                 term_updates_stream: self.term_updates.clone(),
                 consumer_group_suffix: String::new(),
