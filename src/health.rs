@@ -101,3 +101,46 @@ impl Health {
         }
     }
 }
+
+/// After a failed pipeline: counts it (restarts, metric, breaker), logs it once, and waits an
+/// exponential backoff (0.4 s doubling up to 10 s). Returns `true` if `stop` fired meanwhile.
+pub async fn back_off(
+    health: &Health,
+    restarts: &std::sync::atomic::AtomicU64,
+    failures: u32,
+    error: &anyhow::Error,
+    what: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    health.metrics.pipeline_restarts.inc();
+    health.record_failure();
+    let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
+        .min(Duration::from_secs(10));
+    tracing::error!(
+        error = format!("{error:#}"),
+        retry_in_ms = wait.as_millis() as u64,
+        "{what} failed; restarting"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
+/// A stop flag that turns true once `shutdown` resolves, for tasks that check it repeatedly.
+pub fn stop_flag(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves once `flag` is true.
+pub async fn stopped(mut flag: tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}

@@ -90,31 +90,25 @@ pub async fn run(
     stats: Arc<AnalyticsStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let stop = crate::health::stop_flag(shutdown);
     let mut failures = 0u32;
     loop {
         match consume(&run, &stats, stop.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 failures += 1;
-                stats.restarts.fetch_add(1, Ordering::Relaxed);
-                stats.health.metrics.pipeline_restarts.inc();
-                stats.health.record_failure();
-                let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
-                    .min(Duration::from_secs(10));
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "analytics consumer failed; restarting"
-                );
                 let mut stop = stop.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                if crate::health::back_off(
+                    &stats.health,
+                    &stats.restarts,
+                    failures,
+                    &e,
+                    "analytics consumer",
+                    &mut stop,
+                )
+                .await
+                {
+                    return Ok(());
                 }
             }
         }

@@ -15,14 +15,8 @@ pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
         batch_size = settings.batch_size,
         "starting sync"
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop_rx = redis_postgres_sync::health::stop_flag(shutdown);
+    let stopped = redis_postgres_sync::health::stopped;
     let health = Arc::new(settings.ops.health());
     let stats = Arc::new(sync::SyncStats {
         health: health.clone(),

@@ -97,14 +97,8 @@ pub async fn service(
     let url = &settings.connections.database_url;
     store::create_database_if_missing(url).await?;
     store::migrate(url).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop_rx = crate::health::stop_flag(shutdown);
+    let stopped = crate::health::stopped;
     let analytics = (!settings.no_analytics).then(|| {
         let run = settings.analytics_run(&format!("analytics-{}", uuid::Uuid::new_v4()));
         tokio::spawn(crate::analytics::run(
@@ -129,11 +123,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let consumer = settings.consumer();
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let stop = crate::health::stop_flag(shutdown);
     let mut failures = 0u32;
     loop {
         // An open breaker: wait out its open period (SPEC §4), then try once (half-open).
@@ -156,10 +146,7 @@ pub async fn run(
                 }
                 tracing::info!("rebuilding the in-memory state after a reorg");
             }
-            Err(e)
-                if e.chain()
-                    .any(|c| c.downcast_ref::<store::lease::Fenced>().is_some()) =>
-            {
+            Err(e) if fenced(&e) => {
                 // Not a failure of Postgres or Redis: another process writes now. Back to standby.
                 tracing::warn!(
                     error = format!("{e:#}"),
@@ -168,20 +155,18 @@ pub async fn run(
             }
             Err(e) => {
                 failures += 1;
-                stats.restarts.fetch_add(1, Ordering::Relaxed);
-                stats.health.metrics.pipeline_restarts.inc();
-                stats.health.record_failure();
-                let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
-                    .min(Duration::from_secs(10));
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "sync pipeline failed; rebuilding from Postgres"
-                );
                 let mut stop = stop.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                if crate::health::back_off(
+                    &stats.health,
+                    &stats.restarts,
+                    failures,
+                    &e,
+                    "sync pipeline (state rebuilt from Postgres)",
+                    &mut stop,
+                )
+                .await
+                {
+                    return Ok(());
                 }
             }
         }
@@ -786,6 +771,12 @@ fn event_type_of(payload: &[u8]) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Whether `e` says this process lost the writer lease (never worth a retry).
+fn fenced(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<store::lease::Fenced>().is_some())
+}
+
 /// Runs `op` until it succeeds, at most `retries` more times, with exponential backoff.
 pub async fn with_retries<T, F, Fut>(what: &str, retries: u32, mut op: F) -> anyhow::Result<T>
 where
@@ -796,7 +787,7 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt < retries => {
+            Err(e) if attempt < retries && !fenced(&e) => {
                 attempt += 1;
                 let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
                 tracing::warn!(
