@@ -78,10 +78,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     match args.mode {
         Mode::Fold => {
+            drop(lines);
+            drop(text);
             let mut runs = Vec::new();
             for _ in 0..args.runs {
+                let file = std::fs::File::open(&args.fixture)
+                    .with_context(|| format!("reading {}", args.fixture.display()))?;
+                let input = std::io::BufReader::with_capacity(1 << 20, file);
                 runs.push(tokio::task::block_in_place(|| {
-                    bench::fold(&lines, args.batch_size as usize)
+                    bench::fold(input, args.batch_size as usize)
                 })?);
             }
             let median = median(runs.iter().map(|r| r.fold_events_per_second));
@@ -111,6 +116,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 keep: args.keep,
             };
             let bar = ProgressBar::new(lines.len() as u64);
+            // bench::sync reads the file itself and frees it before the service starts.
+            drop(lines);
+            drop(text);
             bar.set_style(
                 ProgressStyle::with_template(
                     "{msg:8} {bar:40} {pos}/{len} entries {per_sec} eta {eta}",
@@ -119,7 +127,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
             let mut runs = Vec::new();
             for run in 1..=args.runs {
-                let report = bench::sync(&lines, &opts, |phase, done, total| {
+                let report = bench::sync(&args.fixture, &opts, |phase, done, total| {
                     bar.set_message(format!("{phase} {run}/{}", args.runs));
                     bar.set_length(total);
                     bar.set_position(done);

@@ -244,6 +244,11 @@ impl State {
         }
     }
 
+    /// Makes room for `additional` more events, so a large fold does not rehash as it grows.
+    pub fn reserve(&mut self, additional: usize) {
+        self.seen.reserve(additional);
+    }
+
     /// Number of distinct events applied.
     pub fn event_count(&self) -> usize {
         self.seen.len()
