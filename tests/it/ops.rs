@@ -444,3 +444,95 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
         "names not exported by /metrics: {missing:?}\nexported: {exported:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_lists_reinjects_and_purges_and_status_reports() {
+    let env = TestEnv::new("dlqcli").await;
+    let mut redis = env.redis().await;
+    let dlq = dlq_stream(&env.stream);
+    let fixed = fixture_lines(SMALL_FIXTURE)[0].to_owned();
+    let id: String = redis
+        .xadd(
+            &dlq,
+            "*",
+            &[
+                ("payload", fixed.as_str()),
+                ("error", "invalid JSON: test"),
+                ("source_stream", env.stream.as_str()),
+                ("source_id", "1-1"),
+            ],
+        )
+        .await
+        .expect("xadd");
+    let _: String = redis
+        .xadd(
+            &dlq,
+            "*",
+            &[
+                ("payload", "junk"),
+                ("error", "bad"),
+                ("source_stream", env.stream.as_str()),
+                ("source_id", "1-2"),
+            ],
+        )
+        .await
+        .expect("xadd");
+    let bin = env!("CARGO_BIN_EXE_redis-postgres-sync");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .env("REDIS_URL", REDIS)
+            .env("REDIS_STREAMS", &env.stream)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = run(&["dlq", "list"]);
+    assert!(
+        listed.contains("2 dead letter(s)")
+            && listed.contains(&id)
+            && listed.contains("invalid JSON: test"),
+        "{listed}"
+    );
+    let reinjected = run(&["dlq", "reinject", &id]);
+    assert!(
+        reinjected.contains("1 dead letter(s) re-injected"),
+        "{reinjected}"
+    );
+    let entries: redis::streams::StreamRangeReply =
+        redis.xrange_all(&env.stream).await.expect("xrange");
+    assert_eq!(entries.ids.len(), 1, "back in its source stream");
+    assert!(
+        matches!(entries.ids[0].map.get("payload"), Some(redis::Value::BulkString(b)) if b == fixed.as_bytes())
+    );
+    let purged = run(&["dlq", "purge", "--all"]);
+    assert!(purged.contains("purged 1 dead letter(s)"), "{purged}");
+    let left: usize = redis.xlen(&dlq).await.expect("xlen");
+    assert_eq!(left, 0);
+    // The re-injected entry is consumed like any other, and `status` shows the progress.
+    let service = InProcess::start(env.settings(1, 10));
+    env.wait_all_drained(Duration::from_secs(60)).await;
+    service.stop().await;
+    let out = std::process::Command::new(bin)
+        .args(["status", "--json"])
+        .env("REDIS_URL", REDIS)
+        .env("REDIS_STREAMS", &env.stream)
+        .env("DATABASE_URL", &env.database_url)
+        .env("TERM_UPDATES_STREAM", &env.term_updates)
+        .output()
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["streams"][0]["pending"], json!(0));
+    assert_eq!(status["streams"][0]["dead_letters"], json!(0));
+    assert_eq!(status["progress"][0]["entries_total"], json!(1));
+}
