@@ -73,13 +73,14 @@ struct Output<T: Serialize> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.fixture)
-        .with_context(|| format!("reading {}", args.fixture.display()))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Both modes read the fixture themselves (fold streams it; sync frees it once published).
+    anyhow::ensure!(
+        args.fixture.is_file(),
+        "fixture {} not found (see `just fixture-large`)",
+        args.fixture.display()
+    );
     match args.mode {
         Mode::Fold => {
-            drop(lines);
-            drop(text);
             let mut runs = Vec::new();
             for _ in 0..args.runs {
                 let file = std::fs::File::open(&args.fixture)
@@ -91,13 +92,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             let median = median(runs.iter().map(|r| r.fold_events_per_second));
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Output {
-                        runs,
-                        median_events_per_second: median
-                    })?
-                );
+                print_json(runs, median)?;
             } else {
                 print_fold(&runs, median);
             }
@@ -115,10 +110,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 },
                 keep: args.keep,
             };
-            let bar = ProgressBar::new(lines.len() as u64);
-            // bench::sync reads the file itself and frees it before the service starts.
-            drop(lines);
-            drop(text);
+            let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
                     "{msg:8} {bar:40} {pos}/{len} entries {per_sec} eta {eta}",
@@ -138,18 +130,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
             let median = median(runs.iter().map(|r| r.events_per_second));
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Output {
-                        runs,
-                        median_events_per_second: median
-                    })?
-                );
+                print_json(runs, median)?;
             } else {
                 print_sync(&runs, median);
             }
         }
     }
+    Ok(())
+}
+
+fn print_json<T: Serialize>(runs: Vec<T>, median: f64) -> anyhow::Result<()> {
+    let out = Output {
+        runs,
+        median_events_per_second: median,
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 

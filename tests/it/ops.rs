@@ -408,12 +408,7 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
                 .collect::<Vec<_>>()
         }) {
             let word = word.as_str();
-            if labels.contains(&word)
-                || word == "role"
-                    && !exprs
-                        .iter()
-                        .any(|e| e.contains("role{") || e.trim() == "role")
-            {
+            if labels.contains(&word) {
                 continue;
             }
             let known_prefix = [
