@@ -15,8 +15,18 @@ pub fn keccak256(data: &[u8]) -> [u8; 32] {
 }
 
 /// A bytes32 id (`termId`, `subjectId`, a transaction or block hash, …).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Bytes32(pub [u8; 32]);
+
+/// Two 128-bit words rather than the derived length + byte-slice write: ids are the keys of every
+/// map of the fold, and a fixed-size key hashes in two multiply-folds this way.
+impl std::hash::Hash for Bytes32 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (lo, hi) = self.0.split_at(16);
+        state.write_u128(u128::from_le_bytes(lo.try_into().unwrap_or_default()));
+        state.write_u128(u128::from_le_bytes(hi.try_into().unwrap_or_default()));
+    }
+}
 
 /// A term id: an atom, a triple, or a triple's counter term.
 pub type TermId = Bytes32;
@@ -41,8 +51,17 @@ impl fmt::Debug for Bytes32 {
 }
 
 /// A 20-byte account or contract address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Address(pub [u8; 20]);
+
+/// As for [`Bytes32`]: fixed-size words instead of a length-prefixed byte slice.
+impl std::hash::Hash for Address {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (lo, hi) = self.0.split_at(16);
+        state.write_u128(u128::from_le_bytes(lo.try_into().unwrap_or_default()));
+        state.write_u32(u32::from_le_bytes(hi.try_into().unwrap_or_default()));
+    }
+}
 
 impl Address {
     /// The EIP-55 mixed-case checksum form, `0x` + 40 hex digits: the stored form.

@@ -369,15 +369,17 @@ impl Proxy {
         let (up2, conns2) = (up.clone(), conns.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                // `up` is read under the lock `cut` drains with, so no connection accepted
+                // while the proxy is up can slip past a cut that runs meanwhile.
+                let mut conns = conns2.lock().expect("lock");
                 if !std::sync::atomic::AtomicBool::load(&up2, std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: the client sees the connection closed
                 }
-                let task = tokio::spawn(async move {
+                conns.push(tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
-                });
-                conns2.lock().expect("lock").push(task);
+                }));
             }
         });
         Self {
@@ -390,8 +392,9 @@ impl Proxy {
 
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
+        let mut conns = self.conns.lock().expect("lock");
         self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for task in self.conns.lock().expect("lock").drain(..) {
+        for task in conns.drain(..) {
             task.abort();
         }
     }
