@@ -312,15 +312,27 @@ fn decode_item(
 /// left out (its fields have their own columns, and it is most of the bytes) unless one of its
 /// fields could not be stored in its column, in which case the item is kept whole.
 fn generic_payload(obj: &Map<String, Value>, meta_lossless: bool) -> String {
-    if !meta_lossless {
-        return Value::Object(obj.clone()).to_string();
+    /// The item's entries, less `transaction_information` when `skip_meta`, serialised in place
+    /// (no clone of the tree).
+    struct Params<'a> {
+        obj: &'a Map<String, Value>,
+        skip_meta: bool,
     }
-    let params: Map<String, Value> = obj
-        .iter()
-        .filter(|(k, _)| k.as_str() != "transaction_information")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Value::Object(params).to_string()
+    impl serde::Serialize for Params<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(
+                self.obj
+                    .iter()
+                    .filter(|(k, _)| !(self.skip_meta && k.as_str() == "transaction_information")),
+            )
+        }
+    }
+    let params = Params {
+        obj,
+        skip_meta: meta_lossless,
+    };
+    // Serialising string keys and JSON values cannot fail; the fallback keeps that visible.
+    serde_json::to_string(&params).unwrap_or_else(|_| Value::Object(obj.clone()).to_string())
 }
 
 fn event_name_is_core(name: &str) -> bool {
