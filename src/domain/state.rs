@@ -21,7 +21,7 @@ use super::rows::{
     TripleVaultRow, VaultKey, VaultRow,
 };
 use super::types::{
-    counter_term_id, Address, Event, EventId, EventKind, EventMeta, Order, TermId, TermType,
+    counter_term_id, Address, Event, EventKind, EventMeta, Order, TermId, TermType, TxHash,
     VaultType,
 };
 
@@ -179,8 +179,12 @@ struct TripleAnalytics {
 /// The derived state of a set of events. See the module docs for why it is order independent.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    /// Identity → content fingerprint of every event applied.
-    seen: Map<EventId, u64>,
+    /// Identity → content fingerprint of every event applied, grouped by transaction: the events
+    /// of one transaction arrive together, so one probe of this map serves them all, and the map
+    /// holds one entry per transaction rather than per event.
+    seen: Map<TxHash, Logs>,
+    /// Number of identities in `seen`.
+    seen_count: usize,
     atoms: Map<TermId, Versioned<AtomRow>>,
     triples: Map<TermId, Versioned<TripleRow>>,
     terms: Map<TermId, TermState>,
@@ -246,12 +250,13 @@ impl State {
 
     /// Makes room for `additional` more events, so a large fold does not rehash as it grows.
     pub fn reserve(&mut self, additional: usize) {
-        self.seen.reserve(additional);
+        // A transaction emits several logs; sizing for one per event would over-reserve.
+        self.seen.reserve(additional / 2);
     }
 
     /// Number of distinct events applied.
     pub fn event_count(&self) -> usize {
-        self.seen.len()
+        self.seen_count
     }
 
     /// Number of deliveries that repeated an identity with different content.
@@ -262,17 +267,13 @@ impl State {
     /// Applies one event, recording the keys of the rows it touched in `changes`.
     pub fn apply(&mut self, event: &Event, changes: &mut Changes) -> Applied {
         let fingerprint = fingerprint(event);
-        match self.seen.entry(event.id()) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                return if *e.get() == fingerprint {
-                    Applied::Duplicate
-                } else {
-                    self.conflicts += 1;
-                    Applied::Conflict
-                };
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(fingerprint);
+        let logs = self.seen.entry(event.meta.transaction_hash).or_default();
+        match logs.insert(event.meta.log_index, fingerprint) {
+            None => self.seen_count += 1,
+            Some(first) if first == fingerprint => return Applied::Duplicate,
+            Some(_) => {
+                self.conflicts += 1;
+                return Applied::Conflict;
             }
         }
         let meta = &event.meta;
@@ -672,6 +673,52 @@ impl State {
 enum Flow {
     Deposit(U256),
     Redeem(U256),
+}
+
+/// The log indexes seen in one transaction, with their content fingerprints. A transaction emits a
+/// handful of logs, searched linearly; one with very many (only hostile input) moves to a map so
+/// a flood of logs under one transaction hash cannot make the fold quadratic.
+#[derive(Clone, Debug)]
+enum Logs {
+    Few(Vec<(i64, u64)>),
+    Many(Map<i64, u64>),
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs::Few(Vec::new())
+    }
+}
+
+impl Logs {
+    const FEW: usize = 32;
+
+    /// Records `log_index` with `fingerprint` unless it is there; returns the fingerprint
+    /// recorded first when it was.
+    fn insert(&mut self, log_index: i64, fingerprint: u64) -> Option<u64> {
+        match self {
+            Logs::Few(list) => {
+                if let Some(&(_, first)) = list.iter().find(|(i, _)| *i == log_index) {
+                    return Some(first);
+                }
+                if list.len() < Self::FEW {
+                    list.push((log_index, fingerprint));
+                } else {
+                    let mut map: Map<i64, u64> = list.drain(..).collect();
+                    map.insert(log_index, fingerprint);
+                    *self = Logs::Many(map);
+                }
+                None
+            }
+            Logs::Many(map) => match map.entry(log_index) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(fingerprint);
+                    None
+                }
+            },
+        }
+    }
 }
 
 /// A content fingerprint of an event, for telling a redelivery from a conflicting reuse of an
@@ -1187,6 +1234,41 @@ mod tests {
             u(100)
         );
         assert_eq!((s.event_count(), s.conflict_count()), (1, 1));
+    }
+
+    #[test]
+    fn many_logs_under_one_transaction_are_told_apart_across_the_list_to_map_switch() {
+        // More logs than `Logs::FEW` under one hash: identities stay distinct, repeats stay
+        // duplicates and a changed repeat stays a conflict, before and after the switch.
+        let n = (Logs::FEW * 3) as i64;
+        let events: Vec<Event> = (0..n)
+            .map(|log| {
+                at(
+                    1,
+                    log,
+                    7,
+                    deposit(ALICE, ATOM, 1, 1 + log as u128, 5, VaultType::Atom),
+                )
+            })
+            .collect();
+        let mut s = State::new();
+        let mut c = Changes::default();
+        for e in &events {
+            assert_eq!(s.apply(e, &mut c), Applied::New);
+        }
+        for e in events.iter().rev() {
+            assert_eq!(s.apply(e, &mut c), Applied::Duplicate);
+        }
+        for log in [0, Logs::FEW as i64 + 1, n - 1] {
+            let changed = at(1, log, 7, deposit(ALICE, ATOM, 1, 999, 5, VaultType::Atom));
+            assert_eq!(s.apply(&changed, &mut c), Applied::Conflict);
+        }
+        assert_eq!((s.event_count(), s.conflict_count()), (n as usize, 3));
+        let sum: u128 = (1..=n as u128).sum();
+        assert_eq!(
+            position(&s, ALICE, ATOM, 1).total_deposit_assets_after_total_fees,
+            u(sum)
+        );
     }
 
     #[test]
