@@ -248,12 +248,6 @@ impl State {
         }
     }
 
-    /// Makes room for `additional` more events, so a large fold does not rehash as it grows.
-    pub fn reserve(&mut self, additional: usize) {
-        // A transaction emits several logs; sizing for one per event would over-reserve.
-        self.seen.reserve(additional / 2);
-    }
-
     /// Number of distinct events applied.
     pub fn event_count(&self) -> usize {
         self.seen_count
