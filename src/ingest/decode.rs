@@ -507,6 +507,10 @@ impl Fields<'_> {
         self.required(name, |v| {
             let s = string(v, "a hex string")?;
             let digits = strip_0x(s);
+            // `hex::decode` would take a second `0x` too: only one prefix is valid.
+            if digits.starts_with("0x") || digits.starts_with("0X") {
+                return Err(Problem::NotHex);
+            }
             hex::decode(digits).map_err(|_| Problem::NotHex)
         })
     }
@@ -1144,6 +1148,16 @@ mod tests {
                 .problem,
             Problem::NotHex
         );
+        // One `0x` prefix is allowed, not two.
+        let twice = json!({"creator": ADDR, "termId": TERM, "atomData": "0x0x6162", "atomWallet": ADDR, "transaction_information": info()});
+        assert_eq!(
+            one(&envelope("AtomCreated", json!([twice])))
+                .expect_err("double prefix")
+                .problem,
+            Problem::NotHex
+        );
+        let id = format!("0x0x{}", &TERM[2..]); // 64 characters after the first prefix
+        assert_eq!(problem("termId", Some(json!(id))), Problem::NotHex);
     }
 
     #[test]
