@@ -186,7 +186,7 @@ pub async fn sync(
             database_url: database_url.clone(),
         },
         redis_streams: vec![input.clone()],
-        consumer_group: "postgres-sync".into(),
+        consumer_group: crate::config::DEFAULT_CONSUMER_GROUP.into(),
         consumer_name: Some("bench".into()),
         batch_size: opts.batch_size,
         batch_timeout_ms: 100,

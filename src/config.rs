@@ -10,6 +10,12 @@ pub use crate::analytics::{AnalyticsRun, AnalyticsSettings};
 /// Default `DATABASE_URL`: the local server with trust auth, database `redis_postgres_sync`
 /// (created on first start if missing).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/redis_postgres_sync";
+/// Defaults shared by every subcommand that names them, so `status`, `dlq` or `publish` look at
+/// the streams and group that `sync` uses unless told otherwise.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_INPUT_STREAM: &str = "rindexer_producer";
+pub const DEFAULT_CONSUMER_GROUP: &str = "postgres-sync";
+pub const DEFAULT_TERM_UPDATES_STREAM: &str = "term_updates";
 
 /// Connections and stream names shared by every subcommand that talks to Redis and Postgres.
 #[derive(Debug, Clone, Args)]
@@ -18,7 +24,7 @@ pub struct Connections {
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,
@@ -50,12 +56,12 @@ pub struct SyncSettings {
     #[arg(
         long,
         env = "REDIS_STREAMS",
-        default_value = "rindexer_producer",
+        default_value = DEFAULT_INPUT_STREAM,
         value_delimiter = ','
     )]
     pub redis_streams: Vec<String>,
     /// Consumer group on the input streams (created from id 0 if missing).
-    #[arg(long, env = "CONSUMER_GROUP", default_value = "postgres-sync")]
+    #[arg(long, env = "CONSUMER_GROUP", default_value = DEFAULT_CONSUMER_GROUP)]
     pub consumer_group: String,
     /// Consumer name within the group [default: consumer-<random uuid>].
     #[arg(long, env = "CONSUMER_NAME")]

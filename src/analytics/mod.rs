@@ -32,7 +32,7 @@ use crate::sync::with_retries;
 #[derive(Debug, Clone, Args)]
 pub struct AnalyticsSettings {
     /// Stream of changed term ids written by `sync`.
-    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = "term_updates")]
+    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = crate::config::DEFAULT_TERM_UPDATES_STREAM)]
     pub term_updates_stream: String,
     /// Suffix of the analytics consumer group: the group is `analytics<suffix>`.
     #[arg(long, env = "CONSUMER_GROUP_SUFFIX", default_value = "")]

@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = redis_postgres_sync::config::DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,

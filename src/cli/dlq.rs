@@ -13,7 +13,7 @@ pub struct DlqArgs {
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = redis_postgres_sync::config::DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,
@@ -21,7 +21,7 @@ pub struct DlqArgs {
     #[arg(
         long,
         env = "REDIS_STREAMS",
-        default_value = "rindexer_producer",
+        default_value = redis_postgres_sync::config::DEFAULT_INPUT_STREAM,
         value_delimiter = ','
     )]
     pub stream: Vec<String>,

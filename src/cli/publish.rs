@@ -15,13 +15,13 @@ pub struct PublishArgs {
     /// The JSON-lines fixture (one rindexer envelope per line), e.g. from `fixture`.
     pub file: PathBuf,
     /// Target stream.
-    #[arg(long, env = "REDIS_STREAM", default_value = "rindexer_producer")]
+    #[arg(long, env = "REDIS_STREAM", default_value = redis_postgres_sync::config::DEFAULT_INPUT_STREAM)]
     pub stream: String,
     /// Redis server URL.
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = redis_postgres_sync::config::DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,

@@ -22,15 +22,15 @@ pub struct StatusArgs {
     #[arg(
         long,
         env = "REDIS_STREAMS",
-        default_value = "rindexer_producer",
+        default_value = redis_postgres_sync::config::DEFAULT_INPUT_STREAM,
         value_delimiter = ','
     )]
     pub redis_streams: Vec<String>,
     /// Consumer group on the input streams.
-    #[arg(long, env = "CONSUMER_GROUP", default_value = "postgres-sync")]
+    #[arg(long, env = "CONSUMER_GROUP", default_value = redis_postgres_sync::config::DEFAULT_CONSUMER_GROUP)]
     pub consumer_group: String,
     /// Stream of changed term ids.
-    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = "term_updates")]
+    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = redis_postgres_sync::config::DEFAULT_TERM_UPDATES_STREAM)]
     pub term_updates_stream: String,
     /// Suffix of the analytics consumer group.
     #[arg(long, env = "CONSUMER_GROUP_SUFFIX", default_value = "")]
