@@ -6,6 +6,7 @@
 //! commit with its data or not at all.
 
 pub mod analytics;
+pub mod failure;
 pub mod lease;
 pub mod load;
 pub mod rebuild;
