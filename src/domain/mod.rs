@@ -4,9 +4,10 @@
 //! It is deterministic and total: every input yields a result, never a panic.
 
 pub mod analytics;
+pub mod identity;
 pub mod math;
 #[cfg(test)]
-mod properties;
+pub(crate) mod properties;
 pub mod rows;
 pub mod state;
 pub mod types;

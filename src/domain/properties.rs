@@ -24,7 +24,7 @@ fn apply_in_order(events: &[Event], order: &[usize], batch: usize) -> Tables {
 }
 
 /// A shuffled order with some events repeated: `dups` picks indexes to deliver twice.
-fn shuffled_with_duplicates(n: usize, seed: &[Index], dups: &[Index]) -> Vec<usize> {
+pub(crate) fn shuffled_with_duplicates(n: usize, seed: &[Index], dups: &[Index]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.extend(dups.iter().map(|d| d.index(n)));
     let len = order.len();
@@ -50,7 +50,7 @@ fn generated(seed: u64, events: usize) -> Vec<Event> {
 /// Hand-rolled events over a tiny universe so that keys collide often: few terms (atoms, a
 /// triple, its counter, a triple over the triple), two accounts, two curves; each with its own
 /// identity. Times are sometimes absent.
-fn tiny_event() -> impl Strategy<Value = (u8, u8, u8, u8, u16, u16, bool)> {
+pub(crate) fn tiny_event() -> impl Strategy<Value = (u8, u8, u8, u8, u16, u16, bool)> {
     (
         0u8..6,
         0u8..5,
@@ -62,7 +62,7 @@ fn tiny_event() -> impl Strategy<Value = (u8, u8, u8, u8, u16, u16, bool)> {
     )
 }
 
-fn tiny_events(specs: &[(u8, u8, u8, u8, u16, u16, bool)]) -> Vec<Event> {
+pub(crate) fn tiny_events(specs: &[(u8, u8, u8, u8, u16, u16, bool)]) -> Vec<Event> {
     let atom = |i: u8| Bytes32([0xa0 + i; 32]);
     let t1 = Bytes32([0x71; 32]);
     let t2 = Bytes32([0x72; 32]);
@@ -150,6 +150,21 @@ fn tiny_events(specs: &[(u8, u8, u8, u8, u16, u16, bool)]) -> Vec<Event> {
         .collect()
 }
 
+/// `events` followed by conflicting deliveries: for each `(i, j)`, event `j`'s content under
+/// event `i`'s identity (another event type or another term, mostly), so a second delivery of an
+/// identity is not the same event.
+pub(crate) fn with_conflicts(events: &[Event], pairs: &[(Index, Index)]) -> Vec<Event> {
+    let mut out = events.to_vec();
+    for (i, j) in pairs {
+        let (i, j) = (i.index(events.len()), j.index(events.len()));
+        let mut reused = events[j].clone();
+        reused.meta.transaction_hash = events[i].meta.transaction_hash;
+        reused.meta.log_index = events[i].meta.log_index;
+        out.push(reused);
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -178,6 +193,28 @@ proptest! {
         let expected = fold(&events).tables();
         let order = shuffled_with_duplicates(events.len(), &shuffle, &dups);
         let got = apply_in_order(&events, &order, batch);
+        prop_assert!(got == expected, "tables differ: {:?}", got.differing_tables(&expected));
+    }
+
+    #[test]
+    fn conflicting_identities_keep_the_first_delivery(
+        specs in prop::collection::vec(tiny_event(), 2..40),
+        pairs in prop::collection::vec((any::<Index>(), any::<Index>()), 1..10),
+        shuffle in prop::collection::vec(any::<Index>(), 100),
+        batch in 1usize..20,
+    ) {
+        // Whatever the order, the tables are the fold of the deliveries first accepted.
+        let all = with_conflicts(&tiny_events(&specs), &pairs);
+        let order = shuffled_with_duplicates(all.len(), &shuffle, &[]);
+        let delivered: Vec<Event> = order.iter().map(|&i| all[i].clone()).collect();
+        let mut first = std::collections::HashSet::new();
+        let accepted: Vec<&Event> = delivered
+            .iter()
+            .filter(|e| first.insert((e.meta.transaction_hash, e.meta.log_index)))
+            .collect();
+        let expected = fold(accepted).tables();
+        let identity: Vec<usize> = (0..delivered.len()).collect();
+        let got = apply_in_order(&delivered, &identity, batch);
         prop_assert!(got == expected, "tables differ: {:?}", got.differing_tables(&expected));
     }
 }

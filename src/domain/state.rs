@@ -10,34 +10,24 @@
 //! permutation of the same events gives the same rows, and a repeated identity is ignored.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
 
 use primitive_types::U256;
 
 use super::analytics::{self, PairAggregate, VaultFigures};
+use super::identity::Seen;
 use super::math;
 use super::rows::{
     AtomRow, PairKey, PairRow, PositionKey, PositionRow, Tables, TermRow, TripleRow, TripleTermRow,
     TripleVaultRow, VaultKey, VaultRow,
 };
 use super::types::{
-    counter_term_id, Address, Event, EventKind, EventMeta, Order, TermId, TermType, TxHash,
-    VaultType,
+    counter_term_id, Address, Event, EventKind, EventMeta, Order, TermId, TermType, VaultType,
 };
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
-/// What [`State::apply`] did with an event.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Applied {
-    /// A new identity: the event is part of the state now.
-    New,
-    /// The same identity with the same content was applied before: nothing changed.
-    Duplicate,
-    /// The same identity with different content was applied before: the first stays.
-    Conflict,
-}
+pub use super::identity::Applied;
 
 /// Keys of the rows that may have changed. For each key the sink reads the row from the state:
 /// a row means upsert, no row means delete.
@@ -179,12 +169,9 @@ struct TripleAnalytics {
 /// The derived state of a set of events. See the module docs for why it is order independent.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    /// Identity → content fingerprint of every event applied, grouped by transaction: the events
-    /// of one transaction arrive together, so one probe of this map serves them all, and the map
-    /// holds one entry per transaction rather than per event.
-    seen: Map<TxHash, Logs>,
-    /// Number of identities in `seen`.
-    seen_count: usize,
+    /// Every identity applied, with its content fingerprint. A sharded fold keeps one `Seen` for
+    /// all shards instead (`sync::shards`), so its shard states leave this empty.
+    seen: Seen,
     atoms: Map<TermId, Versioned<AtomRow>>,
     triples: Map<TermId, Versioned<TripleRow>>,
     terms: Map<TermId, TermState>,
@@ -194,7 +181,6 @@ pub struct State {
     subject_predicates: Map<PairKey, PairAggregate>,
     /// Triples whose analytics are stale: set by `apply`, cleared by `refresh_analytics`.
     stale_triples: Set<TermId>,
-    conflicts: u64,
     /// When set, this state is shard `.0` of `.1` and keeps only the terms it owns.
     shard: Option<(u64, u64)>,
     /// Whether the triple-level tables are maintained (the sync service leaves them to the
@@ -248,28 +234,30 @@ impl State {
         }
     }
 
-    /// Number of distinct events applied.
+    /// Number of distinct events applied through [`apply`](Self::apply).
     pub fn event_count(&self) -> usize {
-        self.seen_count
+        self.seen.len()
     }
 
     /// Number of deliveries that repeated an identity with different content.
     pub fn conflict_count(&self) -> u64 {
-        self.conflicts
+        self.seen.conflicts()
     }
 
-    /// Applies one event, recording the keys of the rows it touched in `changes`.
+    /// Applies one event unless its identity was applied before, recording the keys of the rows
+    /// it touched in `changes`.
     pub fn apply(&mut self, event: &Event, changes: &mut Changes) -> Applied {
-        let fingerprint = fingerprint(event);
-        let logs = self.seen.entry(event.meta.transaction_hash).or_default();
-        match logs.insert(event.meta.log_index, fingerprint) {
-            None => self.seen_count += 1,
-            Some(first) if first == fingerprint => return Applied::Duplicate,
-            Some(_) => {
-                self.conflicts += 1;
-                return Applied::Conflict;
-            }
+        let admitted = self.seen.admit(event);
+        if admitted == Applied::New {
+            self.apply_admitted(event, changes);
         }
+        admitted
+    }
+
+    /// Applies an event whose identity a [`Seen`] kept elsewhere has just admitted as new (the
+    /// sharded fold checks identities once, before it splits the work by term). Applying one
+    /// identity twice this way counts it twice: callers must admit first.
+    pub fn apply_admitted(&mut self, event: &Event, changes: &mut Changes) {
         let meta = &event.meta;
         let at = meta.order();
         match &event.kind {
@@ -365,7 +353,6 @@ impl State {
             }
             EventKind::Generic { .. } => {}
         }
-        Applied::New
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -667,58 +654,6 @@ impl State {
 enum Flow {
     Deposit(U256),
     Redeem(U256),
-}
-
-/// The log indexes seen in one transaction, with their content fingerprints. A transaction emits a
-/// handful of logs, searched linearly; one with very many (only hostile input) moves to a map so
-/// a flood of logs under one transaction hash cannot make the fold quadratic.
-#[derive(Clone, Debug)]
-enum Logs {
-    Few(Vec<(i64, u64)>),
-    Many(Map<i64, u64>),
-}
-
-impl Default for Logs {
-    fn default() -> Self {
-        Logs::Few(Vec::new())
-    }
-}
-
-impl Logs {
-    const FEW: usize = 32;
-
-    /// Records `log_index` with `fingerprint` unless it is there; returns the fingerprint
-    /// recorded first when it was.
-    fn insert(&mut self, log_index: i64, fingerprint: u64) -> Option<u64> {
-        match self {
-            Logs::Few(list) => {
-                if let Some(&(_, first)) = list.iter().find(|(i, _)| *i == log_index) {
-                    return Some(first);
-                }
-                if list.len() < Self::FEW {
-                    list.push((log_index, fingerprint));
-                } else {
-                    let mut map: Map<i64, u64> = list.drain(..).collect();
-                    map.insert(log_index, fingerprint);
-                    *self = Logs::Many(map);
-                }
-                None
-            }
-            Logs::Many(map) => match map.entry(log_index) {
-                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(fingerprint);
-                    None
-                }
-            },
-        }
-    }
-}
-
-/// A content fingerprint of an event, for telling a redelivery from a conflicting reuse of an
-/// identity. Fixed seed: the same event always has the same fingerprint.
-fn fingerprint(event: &Event) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(event)
 }
 
 /// Folds `events` into a fresh state and refreshes the analytics: the reference result.
@@ -1232,9 +1167,9 @@ mod tests {
 
     #[test]
     fn many_logs_under_one_transaction_are_told_apart_across_the_list_to_map_switch() {
-        // More logs than `Logs::FEW` under one hash: identities stay distinct, repeats stay
+        // More logs than `crate::domain::identity::FEW_LOGS` under one hash: identities stay distinct, repeats stay
         // duplicates and a changed repeat stays a conflict, before and after the switch.
-        let n = (Logs::FEW * 3) as i64;
+        let n = (crate::domain::identity::FEW_LOGS * 3) as i64;
         let events: Vec<Event> = (0..n)
             .map(|log| {
                 at(
@@ -1253,7 +1188,7 @@ mod tests {
         for e in events.iter().rev() {
             assert_eq!(s.apply(e, &mut c), Applied::Duplicate);
         }
-        for log in [0, Logs::FEW as i64 + 1, n - 1] {
+        for log in [0, crate::domain::identity::FEW_LOGS as i64 + 1, n - 1] {
             let changed = at(1, log, 7, deposit(ALICE, ATOM, 1, 999, 5, VaultType::Atom));
             assert_eq!(s.apply(&changed, &mut c), Applied::Conflict);
         }

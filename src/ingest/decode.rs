@@ -11,6 +11,7 @@ use std::sync::Arc;
 use primitive_types::U256;
 use serde_json::{Map, Value};
 
+use super::json::{self, Unstorable};
 use crate::domain::{Address, Bytes32, Event, EventKind, EventMeta, VaultType};
 
 /// The event name of rindexer's reorg control message (SPEC §5).
@@ -96,6 +97,8 @@ pub enum Problem {
     UnknownVaultType(u64),
     /// A text with a NUL character, which PostgreSQL text cannot hold.
     ContainsNul,
+    /// A generic event's parameters that PostgreSQL's JSONB cannot hold.
+    Unstorable(Unstorable),
 }
 
 impl fmt::Display for Problem {
@@ -112,6 +115,7 @@ impl fmt::Display for Problem {
             }
             Problem::NotHex => write!(f, "not valid hex"),
             Problem::ContainsNul => write!(f, "contains a NUL character"),
+            Problem::Unstorable(u) => write!(f, "{u}"),
             Problem::UnknownVaultType(v) => {
                 write!(f, "unknown vault type {v} (expected 0, 1 or 2)")
             }
@@ -179,6 +183,7 @@ pub fn decode_envelope(json: &[u8]) -> Result<Envelope, EnvelopeError> {
             Some(Value::String(s)) if !s.contains('\0') => Some(Arc::from(s.as_str())),
             _ => None,
         },
+        network_has_nul: matches!(envelope.get("network"), Some(Value::String(s)) if s.contains('\0')),
         block_number: envelope.get("block_number").cloned(),
     };
     if event_name == REORG_EVENT {
@@ -200,6 +205,8 @@ pub fn decode_envelope(json: &[u8]) -> Result<Envelope, EnvelopeError> {
 
 struct EnvelopeContext {
     network: Option<Arc<str>>,
+    /// The envelope's `network` was a text with a NUL (so `network` is `None`).
+    network_has_nul: bool,
     block_number: Option<Value>,
 }
 
@@ -229,9 +236,26 @@ fn decode_reorg(items: &[Value], context: &EnvelopeContext) -> Result<ReorgNotic
     };
     let fork_block = fields.int("fork_block").map_err(EnvelopeError::Reorg)?;
     let depth = fields.opt_int("depth").map_err(EnvelopeError::Reorg)?;
+    // A notice without a network rolls back every network, so a network that cannot be read
+    // must reject the notice rather than widen it.
     let network = match item.get("network") {
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(err("event_data[0].network", Problem::ContainsNul))
+        }
         Some(Value::String(s)) => Some(s.clone()),
-        _ => context.network.as_deref().map(str::to_owned),
+        None | Some(Value::Null) if context.network_has_nul => {
+            return Err(err("network", Problem::ContainsNul))
+        }
+        None | Some(Value::Null) => context.network.as_deref().map(str::to_owned),
+        Some(other) => {
+            return Err(err(
+                "event_data[0].network",
+                Problem::WrongType {
+                    expected: "a string",
+                    got: json_type(other),
+                },
+            ))
+        }
     };
     Ok(ReorgNotice {
         network,
@@ -302,37 +326,21 @@ fn decode_item(
         },
         other => EventKind::Generic {
             event_name: other.to_owned(),
-            payload: generic_payload(obj, lossless),
+            payload: generic_payload(obj, lossless).map_err(|u| FieldError {
+                field: "(parameters)".to_owned(),
+                problem: Problem::Unstorable(u),
+            })?,
         },
     };
     Ok(Event { meta, kind })
 }
 
-/// What generic_events stores as `payload`: the item's parameters. `transaction_information` is
-/// left out (its fields have their own columns, and it is most of the bytes) unless one of its
-/// fields could not be stored in its column, in which case the item is kept whole.
-fn generic_payload(obj: &Map<String, Value>, meta_lossless: bool) -> String {
-    /// The item's entries, less `transaction_information` when `skip_meta`, serialised in place
-    /// (no clone of the tree).
-    struct Params<'a> {
-        obj: &'a Map<String, Value>,
-        skip_meta: bool,
-    }
-    impl serde::Serialize for Params<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_map(
-                self.obj
-                    .iter()
-                    .filter(|(k, _)| !(self.skip_meta && k.as_str() == "transaction_information")),
-            )
-        }
-    }
-    let params = Params {
-        obj,
-        skip_meta: meta_lossless,
-    };
-    // Serialising string keys and JSON values cannot fail; the fallback keeps that visible.
-    serde_json::to_string(&params).unwrap_or_else(|_| Value::Object(obj.clone()).to_string())
+/// What generic_events stores as `payload`: the item's parameters, as JSONB gives them back
+/// ([`json::canonical`]). `transaction_information` is left out (its fields have their own
+/// columns, and it is most of the bytes) unless one of its fields could not be stored in its
+/// column, in which case the item is kept whole.
+fn generic_payload(obj: &Map<String, Value>, meta_lossless: bool) -> Result<String, Unstorable> {
+    json::canonical_object(obj, |k| meta_lossless && k == "transaction_information")
 }
 
 fn event_name_is_core(name: &str) -> bool {
@@ -930,6 +938,70 @@ mod tests {
             decode_envelope(bad.to_string().as_bytes()),
             Err(EnvelopeError::Reorg(_))
         ));
+    }
+
+    #[test]
+    fn reorg_notice_with_an_unreadable_network_is_rejected_not_widened() {
+        // Issue 12 fault 2: a NUL network reached the `reorgs` table and Postgres refused it
+        // forever. A notice without a network rolls back every network, so the notice is refused.
+        let reason = |env: Value| match decode_envelope(env.to_string().as_bytes()) {
+            Err(EnvelopeError::Reorg(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            reason(json!({"event_name": "__rindexer_reorg",
+                "event_data": [{"type": "reorg", "network": "intu\u{0}ition", "fork_block": 5}]})),
+            "field `event_data[0].network`: contains a NUL character"
+        );
+        assert_eq!(
+            reason(
+                json!({"event_name": "__rindexer_reorg", "network": "a\u{0}",
+                "event_data": [{"type": "reorg", "fork_block": 5}]})
+            ),
+            "field `network`: contains a NUL character"
+        );
+        assert_eq!(
+            reason(json!({"event_name": "__rindexer_reorg",
+                "event_data": [{"type": "reorg", "network": 7, "fork_block": 5}]})),
+            "field `event_data[0].network`: expected a string, got a number"
+        );
+    }
+
+    #[test]
+    fn generic_parameters_jsonb_cannot_hold_are_rejected() {
+        // Issue 12 fault 3: `1e1000000` passed decoding and Postgres refused the whole batch.
+        let huge = format!(
+            r#"{{"event_name":"Odd","event_data":[{{"x":1e1000000,"transaction_information":{}}}]}}"#,
+            info()
+        );
+        let items = items(huge.as_bytes());
+        let err = items[0].as_ref().expect_err("rejected");
+        assert!(err.to_string().contains("`$.x` is the number 1e"), "{err}");
+        let nul = envelope(
+            "Odd",
+            json!([{"k": ["ok", "a\u{0}"], "transaction_information": info()}]),
+        );
+        let err = one(&nul).expect_err("rejected");
+        assert!(err.to_string().contains("`$.k[1]` contains a NUL"), "{err}");
+    }
+
+    #[test]
+    fn generic_payload_is_the_text_jsonb_gives_back() {
+        let e = one(
+            format!(
+                r#"{{"event_name":"Odd","event_data":[{{"b":1E2,"a":-0,"c":1.50,"transaction_information":{}}}]}}"#,
+                info()
+            )
+            .as_bytes(),
+        )
+        .expect("valid");
+        match e.kind {
+            // As `SELECT '{"b":1E2,"a":-0,"c":1.50}'::jsonb::text` gives it, less the spaces.
+            EventKind::Generic { payload, .. } => {
+                assert_eq!(payload, r#"{"a":0,"b":100,"c":1.50}"#)
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     // ---- bad input: one test per kind --------------------------------------------------------

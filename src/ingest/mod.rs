@@ -1,4 +1,5 @@
 //! Input side: decoding rindexer envelopes.
 pub mod decode;
+pub mod json;
 pub mod publish;
 pub mod stream;

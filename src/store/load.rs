@@ -185,10 +185,11 @@ fn record_to_event(
         },
         other => EventKind::Generic {
             event_name: other.to_owned(),
-            // Canonical JSON text, as the decoder produces it (JSONB reorders keys).
-            payload: serde_json::from_str::<Value>(p(0)?)
-                .context("payload")?
-                .to_string(),
+            // The text the decoder made of it (JSONB reorders keys and rewrites numbers).
+            payload: crate::ingest::json::canonical(
+                &serde_json::from_str::<Value>(p(0)?).context("payload")?,
+            )
+            .context("payload")?,
         },
     };
     let network = r.network.map(|n| {

@@ -4,9 +4,14 @@
 //! each shard owns a slice of the term space and folds its events alone, without locks. The one
 //! cross-term effect, TripleCreated naming a counter term, is sent to the counter term's shard as
 //! a link. Any `WORKERS` value gives the same rows: the shards partition the keys.
+//!
+//! Identities are checked once, for the whole batch, before the work is split: [`Shards`] keeps
+//! the one [`Seen`] of the fold, so a second delivery of an identity is a duplicate or a conflict
+//! whichever shard its term would route it to.
 
 use std::thread;
 
+use crate::domain::identity::Seen;
 use crate::domain::state::shard_of;
 use crate::domain::types::counter_term_id;
 use crate::domain::{Applied, Changes, Event, EventKind, State};
@@ -29,6 +34,8 @@ pub struct Folded {
 
 #[derive(Debug)]
 pub struct Shards {
+    /// Every identity of the fold, checked before events are routed to their shard.
+    seen: Seen,
     states: Vec<State>,
 }
 
@@ -53,20 +60,60 @@ impl Shards {
     pub fn new(workers: usize) -> Self {
         let n = workers.max(1) as u64;
         Self {
+            seen: Seen::default(),
             states: (0..n).map(|i| State::shard(i, n)).collect(),
         }
     }
 
     /// Number of distinct events held.
     pub fn event_count(&self) -> usize {
-        self.states.iter().map(State::event_count).sum()
+        self.seen.len()
+    }
+
+    /// The base tables (atom, triple, position, vault, term) the shards hold together.
+    pub fn base_tables(&self) -> crate::domain::Tables {
+        let mut all = crate::domain::Tables::default();
+        for state in &self.states {
+            let t = state.tables();
+            all.atom.extend(t.atom);
+            all.triple.extend(t.triple);
+            all.position.extend(t.position);
+            all.vault.extend(t.vault);
+            all.term.extend(t.term);
+        }
+        all
+    }
+
+    /// Forgets an event's identity (the store refused the event: it is not part of the state, and
+    /// a later delivery must count as new). Only for events with no effect on the base rows.
+    pub fn forget(&mut self, event: &Event) {
+        self.seen
+            .forget(&event.meta.transaction_hash, event.meta.log_index);
     }
 
     /// Applies `events` (any order) and returns the rows to write.
     pub fn fold(&mut self, events: Vec<Event>) -> Folded {
         let n = self.states.len() as u64;
         let mut per_shard: Vec<Vec<Work>> = (0..n).map(|_| Vec::new()).collect();
+        let (mut duplicates, mut conflicts) = (0, 0);
         for event in events {
+            match self.seen.admit(&event) {
+                Applied::New => {}
+                Applied::Duplicate => {
+                    duplicates += 1;
+                    continue;
+                }
+                Applied::Conflict => {
+                    conflicts += 1;
+                    tracing::warn!(
+                        transaction_hash = %event.meta.transaction_hash,
+                        log_index = event.meta.log_index,
+                        event_type = event.kind.name(),
+                        "event identity reused with different content; the first delivery stays"
+                    );
+                    continue;
+                }
+            }
             let (own, counter_shard) = route(&event, n);
             if let (Some(shard), EventKind::TripleCreated { term_id, .. }) =
                 (counter_shard, &event.kind)
@@ -94,7 +141,10 @@ impl Shards {
                     .collect()
             })
         };
-        merge(results)
+        let mut folded = merge(results);
+        folded.duplicates = duplicates;
+        folded.conflicts = conflicts;
+        folded
     }
 }
 
@@ -108,21 +158,12 @@ enum Work {
 fn fold_shard(state: &mut State, work: Vec<Work>) -> Folded {
     let mut changes = Changes::default();
     let mut new = Vec::new();
-    let (mut duplicates, mut conflicts) = (0, 0);
     for w in work {
         match w {
-            Work::Apply(event) => match state.apply(&event, &mut changes) {
-                Applied::New => new.push(event),
-                Applied::Duplicate => duplicates += 1,
-                Applied::Conflict => {
-                    conflicts += 1;
-                    tracing::warn!(
-                        transaction_hash = %event.meta.transaction_hash,
-                        log_index = event.meta.log_index,
-                        "event identity reused with different content; the first delivery stays"
-                    );
-                }
-            },
+            Work::Apply(event) => {
+                state.apply_admitted(&event, &mut changes);
+                new.push(event);
+            }
             Work::Link(pro) => state.link_counter(pro, counter_term_id(&pro), &mut changes),
         }
     }
@@ -133,8 +174,8 @@ fn fold_shard(state: &mut State, work: Vec<Work>) -> Folded {
         changed_terms: changes.terms.iter().map(|t| t.to_string()).collect(),
         new_events: new.len(),
         new_by_type: count_by_name(&new),
-        duplicates,
-        conflicts,
+        duplicates: 0,
+        conflicts: 0,
     }
 }
 
@@ -199,8 +240,105 @@ const TABLE_ORDER: [&str; 11] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::fold;
+    use crate::domain::properties::{
+        shuffled_with_duplicates, tiny_event, tiny_events, with_conflicts,
+    };
+    use crate::domain::{fold, Tables};
     use crate::fixture::read_events;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// The base tables of `t` (the sharded fold leaves the triple-level ones to analytics).
+    fn base(t: Tables) -> Tables {
+        Tables {
+            atom: t.atom,
+            triple: t.triple,
+            position: t.position,
+            vault: t.vault,
+            term: t.term,
+            ..Tables::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// The live path: the sharded fold, any worker count, any batch cut, over shuffled,
+        /// duplicated and identity-conflicting deliveries, equals the reference fold of the
+        /// deliveries first accepted.
+        #[test]
+        fn sharded_fold_equals_the_reference_fold(
+            specs in prop::collection::vec(tiny_event(), 2..50),
+            pairs in prop::collection::vec((any::<Index>(), any::<Index>()), 0..12),
+            shuffle in prop::collection::vec(any::<Index>(), 120),
+            dups in prop::collection::vec(any::<Index>(), 0..20),
+            workers in 1usize..6,
+            batch in 1usize..25,
+        ) {
+            let all = with_conflicts(&tiny_events(&specs), &pairs);
+            let order = shuffled_with_duplicates(all.len(), &shuffle, &dups);
+            let delivered: Vec<Event> = order.iter().map(|&i| all[i].clone()).collect();
+            let mut first = std::collections::HashSet::new();
+            let accepted: Vec<&Event> = delivered
+                .iter()
+                .filter(|e| first.insert((e.meta.transaction_hash, e.meta.log_index)))
+                .collect();
+            let expected = base(fold(accepted.iter().copied()).tables());
+            let mut shards = Shards::new(workers);
+            let (mut new, mut repeated) = (0, 0);
+            for chunk in delivered.chunks(batch) {
+                let f = shards.fold(chunk.to_vec());
+                new += f.new_events;
+                repeated += f.duplicates + f.conflicts;
+                // The event log gets one row per identity: the new events of the batch.
+                let logged: usize = f.rows.iter().filter(|r| r.table.ends_with("_events")).map(RowSet::len).sum();
+                prop_assert_eq!(logged, f.new_events);
+            }
+            prop_assert_eq!(new, accepted.len());
+            prop_assert_eq!(new + repeated, delivered.len());
+            let got = shards.base_tables();
+            prop_assert!(got == expected, "tables differ: {:?}", got.differing_tables(&expected));
+        }
+    }
+
+    #[test]
+    fn a_conflicting_identity_in_another_shard_is_applied_once() {
+        // Issue 12 fault 1: a Deposited and a SharePriceChanged of other terms under one identity
+        // (so routed to different shards) were both applied.
+        let events =
+            read_events(include_str!("../../tests/fixtures/small.jsonl")).expect("fixture");
+        let deposit = events
+            .iter()
+            .find(|e| matches!(e.kind, EventKind::Deposited { .. }))
+            .expect("a deposit")
+            .clone();
+        let mut other = events
+            .iter()
+            .find(|e| match (&e.kind, &deposit.kind) {
+                (
+                    EventKind::SharePriceChanged { term_id, .. },
+                    EventKind::Deposited { term_id: d, .. },
+                ) => shard_of(term_id, 4) != shard_of(d, 4),
+                _ => false,
+            })
+            .expect("a price change of a term in another shard")
+            .clone();
+        other.meta.transaction_hash = deposit.meta.transaction_hash;
+        other.meta.log_index = deposit.meta.log_index;
+        let mut shards = Shards::new(4);
+        let f = shards.fold(vec![deposit.clone(), other.clone()]);
+        assert_eq!((f.new_events, f.conflicts), (1, 1));
+        let tables: Vec<&str> = f.rows.iter().map(|r| r.table).collect();
+        assert!(
+            tables.contains(&"deposited_events") && !tables.contains(&"share_price_changed_events"),
+            "{tables:?}"
+        );
+        assert_eq!(shards.base_tables(), base(fold([&deposit]).tables()));
+        // In a later batch too.
+        let again = shards.fold(vec![other]);
+        assert_eq!((again.new_events, again.conflicts), (0, 1));
+        assert!(again.rows.is_empty());
+    }
 
     /// Folds the recorded fixture through `workers` shards, in batches, and returns the base
     /// tables assembled from the shards' row sets.
