@@ -98,7 +98,7 @@ pub enum Problem {
     /// A text with a NUL character, which PostgreSQL text cannot hold.
     ContainsNul,
     /// A generic event's parameters that PostgreSQL's JSONB cannot hold.
-    Unstorable(Unstorable),
+    Unstorable(Box<Unstorable>),
 }
 
 impl fmt::Display for Problem {
@@ -328,7 +328,7 @@ fn decode_item(
             event_name: other.to_owned(),
             payload: generic_payload(obj, lossless).map_err(|u| FieldError {
                 field: "(parameters)".to_owned(),
-                problem: Problem::Unstorable(u),
+                problem: Problem::Unstorable(Box::new(u)),
             })?,
         },
     };
