@@ -344,46 +344,67 @@ pub async fn ack(
         .context("acknowledging entries")
 }
 
-/// A dead letter: the payload that could not be used and why (SPEC §4).
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub source_stream: String,
-    pub source_id: String,
-    pub payload: Vec<u8>,
-    pub error: String,
-}
+pub use crate::store::dead_letters::{DeadLetter, Recorded};
 
-/// Appends dead letters to their `<stream>:dlq` streams, in one pipeline.
-pub async fn dead_letter(
-    conn: &mut MultiplexedConnection,
-    letters: &[DeadLetter],
-) -> anyhow::Result<()> {
-    if letters.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for l in letters {
-        pipe.xadd(
-            dlq_stream(&l.source_stream),
-            "*",
-            &[
-                ("payload", l.payload.as_slice()),
-                ("error", l.error.as_bytes()),
-                ("source_stream", l.source_stream.as_bytes()),
-                ("source_id", l.source_id.as_bytes()),
-            ],
-        )
-        .ignore();
-    }
-    pipe.query_async::<()>(conn)
-        .await
-        .context("writing to the dead-letter stream")
+/// Adds a recorded dead letter to its `<stream>:dlq` unless one of a higher or equal id was
+/// added before, and remembers its id, atomically: publishing is in id order, so a letter
+/// published before a crash is never added again. KEYS: the dead-letter stream, the marker;
+/// ARGV: id, payload, error, source stream, source id.
+const PUBLISH_DEAD_LETTER: &str = r"
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('XADD', KEYS[1], '*', 'payload', ARGV[2], 'error', ARGV[3], 'source_stream', ARGV[4], 'source_id', ARGV[5], 'dead_letter_id', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+";
+
+/// The key remembering the last dead letter of `group` published to `dlq`.
+pub fn dead_letter_marker(dlq: &str, group: &str) -> String {
+    format!("{dlq}:published:{group}")
 }
 
 /// The field of a term_updates entry: comma-separated term ids.
 pub const TERM_IDS_FIELD: &str = "term_ids";
 /// Term ids per term_updates entry.
 const TERM_IDS_PER_ENTRY: usize = 1000;
+
+/// Publishes recorded dead letters (oldest first) to their `<stream>:dlq`, each exactly once
+/// across retries and crashes; returns how many were added now.
+pub async fn publish_dead_letters(
+    conn: &mut MultiplexedConnection,
+    group: &str,
+    letters: &[Recorded],
+) -> anyhow::Result<usize> {
+    if letters.is_empty() {
+        return Ok(0);
+    }
+    let script = redis::Script::new(PUBLISH_DEAD_LETTER);
+    let sha: String = script
+        .prepare_invoke()
+        .load_async(conn)
+        .await
+        .context("loading the dead-letter script")?;
+    let mut pipe = redis::pipe();
+    for r in letters {
+        let l = &r.letter;
+        let dlq = dlq_stream(&l.source_stream);
+        pipe.cmd("EVALSHA")
+            .arg(&sha)
+            .arg(2)
+            .arg(&dlq)
+            .arg(dead_letter_marker(&dlq, group))
+            .arg(r.id)
+            .arg(l.payload.as_slice())
+            .arg(l.error.as_bytes())
+            .arg(l.source_stream.as_bytes())
+            .arg(l.source_id.as_bytes());
+    }
+    let added: Vec<i64> = pipe
+        .query_async(conn)
+        .await
+        .context("writing to the dead-letter stream")?;
+    Ok(added.iter().filter(|a| **a == 1).count())
+}
 
 /// Publishes changed term ids to the term updates stream.
 pub async fn publish_term_updates(

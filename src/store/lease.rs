@@ -5,7 +5,12 @@
 //! - `renew` refreshes the heartbeat while the holder and token are unchanged;
 //! - `fence` does the same inside a batch transaction, as its first statement: the lease row is
 //!   then locked until commit, so a takeover waits for the batch, and a batch of a holder that
-//!   lost the lease fails before it writes anything.
+//!   lost the lease fails before it writes anything. The batch fences again as its last
+//!   statement, so the heartbeat it commits is the time of its commit.
+//!
+//! Every time is `clock_timestamp()`, the time of the statement, never `now()`, the start of its
+//! transaction: a standby whose takeover waited behind a long commit must compare the heartbeat
+//! that commit wrote with the time it looks, or a writer alive all along looks dead.
 
 use std::time::Duration;
 
@@ -58,9 +63,9 @@ pub async fn acquire(
 ) -> anyhow::Result<Option<Lease>> {
     // Conflict target: the group's single lease row. It is taken over only when expired (or ours).
     let rows: Vec<Token> = diesel::sql_query(
-        "INSERT INTO writer_lease AS l (consumer_group, holder, token, heartbeat_at) VALUES ($1, $2, 1, now()) \
-         ON CONFLICT (consumer_group) DO UPDATE SET holder = EXCLUDED.holder, token = l.token + 1, heartbeat_at = now() \
-         WHERE l.holder = EXCLUDED.holder OR l.heartbeat_at < now() - make_interval(secs => $3::float8 / 1000) \
+        "INSERT INTO writer_lease AS l (consumer_group, holder, token, heartbeat_at) VALUES ($1, $2, 1, clock_timestamp()) \
+         ON CONFLICT (consumer_group) DO UPDATE SET holder = EXCLUDED.holder, token = l.token + 1, heartbeat_at = clock_timestamp() \
+         WHERE l.holder = EXCLUDED.holder OR l.heartbeat_at < clock_timestamp() - make_interval(secs => $3::float8 / 1000) \
          RETURNING l.token",
     )
     .bind::<Text, _>(group)
@@ -84,7 +89,7 @@ pub async fn renew(conn: &mut AsyncPgConnection, lease: &Lease) -> anyhow::Resul
 /// The first statement of every batch transaction: refresh the heartbeat if (and only if) the
 /// lease is still ours, else fail with [`Fenced`] so nothing of the batch commits.
 pub async fn fence(conn: &mut AsyncPgConnection, lease: &Lease) -> anyhow::Result<()> {
-    let n = diesel::sql_query("UPDATE writer_lease SET heartbeat_at = now() WHERE consumer_group = $1 AND holder = $2 AND token = $3")
+    let n = diesel::sql_query("UPDATE writer_lease SET heartbeat_at = clock_timestamp() WHERE consumer_group = $1 AND holder = $2 AND token = $3")
         .bind::<Text, _>(&lease.group)
         .bind::<Text, _>(&lease.holder)
         .bind::<BigInt, _>(lease.token)
@@ -117,7 +122,7 @@ pub async fn release(conn: &mut AsyncPgConnection, lease: &Lease) -> anyhow::Res
 /// The current holder of `group`'s lease, with the age of its heartbeat.
 pub async fn current(conn: &mut AsyncPgConnection, group: &str) -> anyhow::Result<Option<Holder>> {
     let rows: Vec<Holder> = diesel::sql_query(
-        "SELECT holder, token, (extract(epoch from now() - heartbeat_at) * 1000)::int8 AS age_ms FROM writer_lease WHERE consumer_group = $1",
+        "SELECT holder, token, (extract(epoch from clock_timestamp() - heartbeat_at) * 1000)::int8 AS age_ms FROM writer_lease WHERE consumer_group = $1",
     )
     .bind::<Text, _>(group)
     .load(conn)

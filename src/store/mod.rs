@@ -6,6 +6,7 @@
 //! commit with its data or not at all.
 
 pub mod analytics;
+pub mod dead_letters;
 pub mod failure;
 pub mod lease;
 pub mod load;
@@ -25,6 +26,8 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use crate::domain::Event;
+use dead_letters::DeadLetter;
 use rowset::RowSet;
 
 /// The schema, embedded in the binary.
@@ -148,47 +151,167 @@ pub struct StreamProgress {
 /// Everything a batch writes, in one transaction.
 #[derive(Debug, Default)]
 pub struct BatchWrite {
+    /// Event-log rows of the new core events, then the changed base rows.
     pub rows: Vec<RowSet>,
+    /// The new generic events, and their `generic_events` rows. Kept apart: they carry free-form
+    /// input, so they are what PostgreSQL may refuse, and they change no derived row, so a
+    /// refused one can be left out of the batch alone.
+    pub generic: Vec<Event>,
+    pub generic_rows: Vec<RowSet>,
+    /// Entries and items the decoder refused.
+    pub dead_letters: Vec<DeadLetter>,
     pub progress: Vec<StreamProgress>,
     /// Term ids to publish after commit (written to the outbox in the same transaction).
     pub term_updates: Vec<String>,
 }
 
-/// Commits a batch; returns the outbox row id when there are term updates to publish.
+/// What a committed batch wrote.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The outbox row to publish, when there are term updates.
+    pub outbox: Option<i64>,
+    /// The dead letters this commit recorded, by index into the letters it was given (the
+    /// decoder's, then the refused events'); a redelivered entry's were recorded before.
+    pub new_dead_letters: Vec<usize>,
+    /// Every dead letter of the batch: the decoder's, then those of refused events.
+    pub letters: Vec<DeadLetter>,
+    /// Generic events PostgreSQL refused: index into [`BatchWrite::generic`] and the reason.
+    pub refused: Vec<(usize, String)>,
+}
+
+/// Commits a batch: every statement pipelined in one transaction. A refusal of the data fails it
+/// whole (see [`commit_isolating`]).
 pub async fn commit(
     conn: &mut AsyncPgConnection,
     group: &str,
     batch: &BatchWrite,
     lease: &lease::Lease,
-) -> anyhow::Result<Option<i64>> {
+) -> anyhow::Result<Committed> {
     conn.transaction(async |conn| {
         // Fencing first: the lease row stays locked until commit, so no takeover can interleave.
         lease::fence(conn, lease).await?;
-        // Pipelined: every statement is sent before the first result is read.
-        let shared: &AsyncPgConnection = conn;
         let started = std::time::Instant::now();
-        futures_util::future::try_join_all(batch.rows.iter().map(|rows| async move {
-            rows.write(shared)
-                .await
-                .with_context(|| format!("writing table {}", rows.table))
-        }))
-        .await?;
+        write_pipelined(conn, batch.rows.iter().chain(&batch.generic_rows)).await?;
         tracing::trace!(
-            tables = batch.rows.len(),
+            tables = batch.rows.len() + batch.generic_rows.len(),
             micros = started.elapsed().as_micros() as u64,
             "wrote rows"
         );
-        write_progress(conn, group, &batch.progress).await?;
-        if batch.term_updates.is_empty() {
-            return Ok(None);
+        finish(conn, group, batch, batch.dead_letters.clone(), lease).await
+    })
+    .await
+}
+
+/// Commits a batch that [`commit`] saw refused: the core rows first (a refusal of those fails the
+/// whole batch again), then the generic events by bisection, each attempt under a savepoint, so
+/// exactly the events PostgreSQL refuses are left out and dead-lettered (`letter_for` makes the
+/// dead letter of a refused event from its index and the reason). Costs O(k log n) statements for
+/// k refused events of n.
+pub async fn commit_isolating(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    batch: &BatchWrite,
+    lease: &lease::Lease,
+    letter_for: &(dyn Fn(usize, &str) -> DeadLetter + Send + Sync),
+) -> anyhow::Result<Committed> {
+    conn.transaction(async |conn| {
+        lease::fence(conn, lease).await?;
+        write_pipelined(conn, batch.rows.iter()).await?;
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        let mut pending = vec![(0, batch.generic.len())];
+        while let Some((lo, hi)) = pending.pop() {
+            if lo == hi {
+                continue;
+            }
+            let rows = rows::event_rows(&batch.generic[lo..hi]);
+            // A nested transaction is a savepoint: a refusal rolls back this attempt alone.
+            let attempt = conn
+                .transaction(async |conn| write_pipelined(conn, rows.iter()).await)
+                .await;
+            match attempt {
+                Ok(()) => {}
+                Err(e) if failure::is_rejection(&e) => {
+                    if hi - lo == 1 {
+                        refused.push((lo, failure::reason(&e)));
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        pending.push((mid, hi));
+                        pending.push((lo, mid));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
+        refused.sort_unstable_by_key(|(i, _)| *i);
+        let mut letters = batch.dead_letters.clone();
+        letters.extend(refused.iter().map(|(i, why)| letter_for(*i, why)));
+        let mut committed = finish(conn, group, batch, letters, lease).await?;
+        committed.refused = refused;
+        Ok(committed)
+    })
+    .await
+}
+
+/// Sends every statement before reading the first reply.
+async fn write_pipelined<'a>(
+    conn: &AsyncPgConnection,
+    sets: impl Iterator<Item = &'a RowSet>,
+) -> anyhow::Result<()> {
+    futures_util::future::try_join_all(sets.map(|rows| async move {
+        rows.write(conn)
+            .await
+            .with_context(|| format!("writing table {}", rows.table))
+    }))
+    .await?;
+    Ok(())
+}
+
+/// The end of a batch transaction: dead letters, progress, outbox, and the lease's heartbeat at
+/// the time of the commit (a commit longer than `LEASE_TTL_MS` must not look like a dead
+/// writer to a standby that waited on the lease row).
+async fn finish(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    batch: &BatchWrite,
+    letters: Vec<DeadLetter>,
+    lease: &lease::Lease,
+) -> anyhow::Result<Committed> {
+    let new_dead_letters = dead_letters::record(conn, group, &letters).await?;
+    write_progress(conn, group, &batch.progress).await?;
+    let outbox = if batch.term_updates.is_empty() {
+        None
+    } else {
         let id: IdRow =
             diesel::sql_query("INSERT INTO term_update_outbox (term_ids) VALUES ($1) RETURNING id")
                 .bind::<Array<Text>, _>(&batch.term_updates)
                 .get_result(conn)
                 .await
                 .context("writing term_update_outbox")?;
-        Ok(Some(id.id))
+        Some(id.id)
+    };
+    lease::fence(conn, lease).await?;
+    Ok(Committed {
+        outbox,
+        new_dead_letters,
+        letters,
+        refused: Vec::new(),
+    })
+}
+
+/// Records dead letters with progress in one transaction of their own (a reorg notice refused
+/// by PostgreSQL, whose own transaction rolled back).
+pub async fn commit_dead_letters(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    letters: &[DeadLetter],
+    progress: &[StreamProgress],
+    lease: &lease::Lease,
+) -> anyhow::Result<Vec<usize>> {
+    conn.transaction(async |conn| {
+        lease::fence(conn, lease).await?;
+        let new = dead_letters::record(conn, group, letters).await?;
+        write_progress(conn, group, progress).await?;
+        Ok(new)
     })
     .await
 }

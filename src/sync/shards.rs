@@ -21,8 +21,10 @@ use crate::store::rowset::RowSet;
 /// The rows one batch writes, and what it did.
 #[derive(Debug, Default)]
 pub struct Folded {
-    /// Event log rows of the new events, then the changed base rows, merged across shards.
+    /// Event log rows of the new core events, then the changed base rows, merged across shards.
     pub rows: Vec<RowSet>,
+    /// The new generic events (their rows are written apart: see `store::BatchWrite`).
+    pub generic: Vec<Event>,
     /// Ids of terms whose term or vault rows changed.
     pub changed_terms: Vec<String>,
     pub new_events: usize,
@@ -86,9 +88,8 @@ impl Shards {
 
     /// Forgets an event's identity (the store refused the event: it is not part of the state, and
     /// a later delivery must count as new). Only for events with no effect on the base rows.
-    pub fn forget(&mut self, event: &Event) {
-        self.seen
-            .forget(&event.meta.transaction_hash, event.meta.log_index);
+    pub fn forget(&mut self, transaction_hash: &crate::domain::types::TxHash, log_index: i64) {
+        self.seen.forget(transaction_hash, log_index);
     }
 
     /// Applies `events` (any order) and returns the rows to write.
@@ -167,13 +168,19 @@ fn fold_shard(state: &mut State, work: Vec<Work>) -> Folded {
             Work::Link(pro) => state.link_counter(pro, counter_term_id(&pro), &mut changes),
         }
     }
-    let mut rows = event_rows(&new);
+    let new_by_type = count_by_name(&new);
+    let new_events = new.len();
+    let (generic, core): (Vec<Event>, Vec<Event>) = new
+        .into_iter()
+        .partition(|e| matches!(e.kind, EventKind::Generic { .. }));
+    let mut rows = event_rows(&core);
     rows.extend(base_rows(state, &changes));
     Folded {
         rows,
+        generic,
         changed_terms: changes.terms.iter().map(|t| t.to_string()).collect(),
-        new_events: new.len(),
-        new_by_type: count_by_name(&new),
+        new_events,
+        new_by_type,
         duplicates: 0,
         conflicts: 0,
     }
@@ -204,6 +211,7 @@ fn merge(results: Vec<Folded>) -> Folded {
         out.duplicates += r.duplicates;
         out.conflicts += r.conflicts;
         out.changed_terms.extend(r.changed_terms);
+        out.generic.extend(r.generic);
         for rows in r.rows {
             match out.rows.iter_mut().find(|x| x.table == rows.table) {
                 Some(existing) => existing.append(rows),
@@ -292,7 +300,7 @@ mod tests {
                 repeated += f.duplicates + f.conflicts;
                 // The event log gets one row per identity: the new events of the batch.
                 let logged: usize = f.rows.iter().filter(|r| r.table.ends_with("_events")).map(RowSet::len).sum();
-                prop_assert_eq!(logged, f.new_events);
+                prop_assert_eq!(logged + f.generic.len(), f.new_events);
             }
             prop_assert_eq!(new, accepted.len());
             prop_assert_eq!(new + repeated, delivered.len());
@@ -369,7 +377,9 @@ mod tests {
             );
             let again = shards.fold(events.clone());
             assert_eq!((again.new_events, again.duplicates), (0, events.len()));
-            assert!(again.rows.is_empty() && again.changed_terms.is_empty());
+            assert!(
+                again.rows.is_empty() && again.generic.is_empty() && again.changed_terms.is_empty()
+            );
         }
     }
 
