@@ -169,7 +169,22 @@ async fn a_storm_of_malformed_entries_mixed_into_good_traffic() {
         "[".repeat(5_000),
         "]".repeat(5_000)
     );
+    // Issue 12: a reorg notice with a NUL in its network, generic parameters JSONB cannot hold.
+    let nul_reorg = json!({"event_name": "__rindexer_reorg", "network": "intuition",
+        "event_data": [{"type": "reorg", "network": "a\u{0}b", "fork_block": 1, "depth": 1}]})
+    .to_string();
+    let huge_number = format!(
+        r#"{{"event_name":"ProtocolFeeAccrued","event_data":[{{"amount":1e1000000,"transaction_information":{{"block_number":5200000,"transaction_hash":"{}","log_index":"0x0"}}}}]}}"#,
+        tx(300)
+    );
+    let nul_text = envelope(
+        "ProtocolFeeAccrued",
+        json!([{"memo": "x\u{0}", "transaction_information": {"block_number": 5_200_001, "transaction_hash": tx(301), "log_index": "0x0"}}]),
+    );
     let bad: Vec<String> = vec![
+        nul_reorg,
+        huge_number,
+        nul_text,
         "{\"event_name\": \"Deposited\", \"event_data\": [".to_owned(),
         envelope("Deposited", json!([beyond])),
         envelope("Deposited", json!([missing])),
@@ -188,6 +203,13 @@ async fn a_storm_of_malformed_entries_mixed_into_good_traffic() {
         let at = rng.random_range(0..lines.len());
         lines.insert(at, b.clone());
     }
+    // Last, a conflicting reuse of an accepted identity (another event type, another term): the
+    // first delivery stays; it is counted, not dead-lettered.
+    let first = events_of(fixture_lines(&good_text)[0]).remove(0);
+    let mut reuse = deposit(9, json!(first.meta.log_index));
+    reuse["transaction_information"]["transaction_hash"] =
+        json!(first.meta.transaction_hash.to_string());
+    lines.push(envelope("Deposited", json!([reuse])));
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     env.publish(&refs, &PublishOptions::default()).await;
     // Invalid UTF-8 and NUL bytes in the raw payload.
@@ -200,13 +222,26 @@ async fn a_storm_of_malformed_entries_mixed_into_good_traffic() {
     settings.max_entry_bytes = 65_536;
     let service = InProcess::start(settings);
     env.wait_all_drained(Duration::from_secs(180)).await;
+    let stats = &service.stats;
+    let (conflicts, restarts) = (
+        std::sync::atomic::AtomicU64::load(
+            &stats.events_conflicting,
+            std::sync::atomic::Ordering::Relaxed,
+        ),
+        std::sync::atomic::AtomicU64::load(&stats.restarts, std::sync::atomic::Ordering::Relaxed),
+    );
     service.stop().await;
+    assert_eq!(
+        (conflicts, restarts),
+        (1, 0),
+        "one conflict counted, no restart"
+    );
 
     let dead: usize = redis.xlen(dlq_stream(&env.stream)).await.expect("xlen");
     let rejected = bad.len() + 1;
+    let lines_good = lines.len() - bad.len() - 1;
     eprintln!(
-        "faults: {rejected} malformed entries among {} good ones; {dead} dead-lettered",
-        lines.len() - bad.len()
+        "faults: {rejected} malformed entries among {lines_good} good ones; {dead} dead-lettered"
     );
     assert_eq!(
         dead, rejected,

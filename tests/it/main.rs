@@ -3,6 +3,7 @@
 
 mod analytics;
 mod faults;
+mod hostile;
 mod lease;
 mod ops;
 mod reorg;
