@@ -114,7 +114,6 @@ pub fn reason(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::Context;
 
     fn db(kind: DatabaseErrorKind, message: &str) -> anyhow::Error {
         anyhow::Error::new(DieselError::DatabaseError(
