@@ -3,9 +3,11 @@
 //!
 //! Each batch takes many term-update entries, de-duplicates their term ids, finds the triples
 //! those terms belong to (as pro or counter term), recomputes only those triples' rows from the
-//! vault table, and moves each triple's contribution between pair aggregates by exact deltas
-//! (`domain::analytics::recompute`). One transaction per batch, then XACK: a crash loses nothing
-//! (the entries stay pending) and a redelivery recomputes the same rows (deltas of zero).
+//! vault table, and moves each triple's contribution between the pair aggregates it counts into:
+//! the stored rows of those pairs are read, loaded into `domain::analytics::PairAggregate`s (the
+//! fold's own primitive, exact in 512 bits), moved with remove/add and written back as absolute
+//! values (`domain::analytics::recompute`). One transaction per batch, then XACK: a crash loses
+//! nothing (the entries stay pending) and a redelivery recomputes the same rows.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -20,7 +22,7 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use crate::config::Connections;
-use crate::domain::analytics::recompute;
+use crate::domain::analytics::{recompute, touched_pairs};
 use crate::domain::rows::TripleTermRow;
 use crate::domain::TermId;
 use crate::ingest::stream::{self, EntrySource, GroupReader, TERM_IDS_FIELD};
@@ -236,7 +238,10 @@ async fn apply(
             .into_iter()
             .map(|r| (r.term_id, r))
             .collect();
-        let r = recompute(&triples, &vaults, &stored);
+        let (po_keys, sp_keys) = touched_pairs(&triples);
+        let stored_po = sql::pair_rows(conn, sql::PREDICATE_OBJECT, &po_keys).await?;
+        let stored_sp = sql::pair_rows(conn, sql::SUBJECT_PREDICATE, &sp_keys).await?;
+        let r = recompute(&triples, &vaults, &stored, &stored_po, &stored_sp);
         let rows = r.triple_vaults.len()
             + r.triple_terms.len()
             + r.predicate_object.len()

@@ -346,6 +346,7 @@ pub const DERIVED: [TableShape; 9] = [
             "triple_count",
             "total_position_count",
             "total_market_cap::text",
+            "total_market_cap_sum::text",
         ],
     },
     TableShape {
@@ -357,6 +358,7 @@ pub const DERIVED: [TableShape; 9] = [
             "triple_count",
             "total_position_count",
             "total_market_cap::text",
+            "total_market_cap_sum::text",
         ],
     },
 ];
@@ -557,6 +559,7 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     n(r.triple_count),
                     n(r.total_position_count),
                     s(r.total_market_cap),
+                    s(r.total_market_cap_sum),
                 ]
             }),
         ),
@@ -569,6 +572,7 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     n(r.triple_count),
                     n(r.total_position_count),
                     s(r.total_market_cap),
+                    s(r.total_market_cap_sum),
                 ]
             }),
         ),
