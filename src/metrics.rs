@@ -40,6 +40,7 @@ pub struct Metrics {
     pub batch_size_events: Histogram,
     pub dead_lettered_events: Counter,
     pub circuit_breaker_state: Gauge,
+    pub analytics_circuit_breaker_state: Gauge,
     pub consumer_lag_entries: Family<StreamLabels, Gauge>,
     pub consumer_pending_entries: Family<StreamLabels, Gauge>,
     pub analytics_lag_entries: Gauge,
@@ -65,6 +66,7 @@ impl Default for Metrics {
             batch_size_events: Histogram::new(exponential_buckets(1.0, 2.0, 20)),
             dead_lettered_events: Counter::default(),
             circuit_breaker_state: Gauge::default(),
+            analytics_circuit_breaker_state: Gauge::default(),
             consumer_lag_entries: Family::default(),
             consumer_pending_entries: Family::default(),
             analytics_lag_entries: Gauge::default(),
@@ -123,8 +125,13 @@ impl Default for Metrics {
         );
         registry.register(
             "circuit_breaker_state",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            "Circuit breaker of the sync pipeline: 0 closed, 1 open, 2 half-open",
             m.circuit_breaker_state.clone(),
+        );
+        registry.register(
+            "analytics_circuit_breaker_state",
+            "Circuit breaker of the analytics consumer (its own, apart from sync's): 0 closed, 1 open, 2 half-open",
+            m.analytics_circuit_breaker_state.clone(),
         );
         registry.register(
             "consumer_lag_entries",
@@ -214,6 +221,7 @@ mod tests {
             "events_failed_total",
             "event_processing_duration_seconds_bucket",
             "circuit_breaker_state",
+            "analytics_circuit_breaker_state",
             "dead_lettered_events_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");

@@ -8,6 +8,10 @@
 //! fold's own primitive, exact in 512 bits), moved with remove/add and written back as absolute
 //! values (`domain::analytics::recompute`). One transaction per batch, then XACK: a crash loses
 //! nothing (the entries stay pending) and a redelivery recomputes the same rows.
+//!
+//! Failures (SPEC §4): a transient one is retried (`MAX_RETRIES`), then the consumer backs off
+//! and restarts, acknowledging nothing, on **its own** circuit breaker (`health::Breaker::
+//! Analytics`), which it waits out before trying again; sync's breaker never sees it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -25,6 +29,7 @@ use crate::config::Connections;
 use crate::domain::analytics::{recompute, touched_pairs};
 use crate::domain::rows::TripleTermRow;
 use crate::domain::TermId;
+use crate::health::Breaker;
 use crate::ingest::stream::{self, EntrySource, GroupReader, TERM_IDS_FIELD};
 use crate::store;
 use crate::store::analytics::{self as sql, AnalyticsWrite};
@@ -95,13 +100,23 @@ pub async fn run(
     let stop = crate::health::stop_flag(shutdown);
     let mut failures = 0u32;
     loop {
+        // Our own breaker open: wait out its open period, then try once (half-open).
+        let wait = stats.health.wait_of(Breaker::Analytics);
+        if !wait.is_zero() {
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
         match consume(&run, &stats, stop.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 failures += 1;
                 let mut stop = stop.clone();
-                if crate::health::back_off(
+                if crate::health::back_off_on(
                     &stats.health,
+                    Breaker::Analytics,
                     &stats.restarts,
                     failures,
                     &e,
@@ -203,7 +218,7 @@ async fn consume(
             .metrics
             .analytics_rows_written
             .inc_by(rows as u64);
-        stats.health.record_success();
+        stats.health.success_of(Breaker::Analytics);
         if let Ok(mut t) = stats.last_commit.lock() {
             *t = Some(Instant::now());
         }

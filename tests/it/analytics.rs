@@ -262,6 +262,99 @@ async fn saturated_triples_one_per_batch_never_wedge_and_removal_stays_exact() {
     assert_eq!(restarts, 0, "the analytics consumer never failed");
 }
 
+/// The value of a counter of the service's stats.
+fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The analytics advisory lock (`store::analytics::lock`): held by a test, it stalls every
+/// analytics transaction until PROCESSING_TIMEOUT_MS fails it — a transient failure of
+/// analytics alone.
+const ANALYTICS_LOCK: &str = "7310411862190233169";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_failures_leave_the_sync_breaker_closed() {
+    use diesel_async::RunQueryDsl;
+    use redis_postgres_sync::breaker::BreakerState;
+    use redis_postgres_sync::health::{Breaker, Health};
+    use std::sync::Arc;
+
+    let env = TestEnv::new("analytics_breaker").await;
+    let mut holder = env.pg().await;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({ANALYTICS_LOCK})"))
+        .execute(&mut holder)
+        .await
+        .expect("take the analytics lock");
+    // One Health for both pipelines, as in production: threshold 2, open for 3 s.
+    let health = Arc::new(Health::new(2, Duration::from_secs(3)));
+    let stats = Arc::new(redis_postgres_sync::sync::SyncStats {
+        health: health.clone(),
+        ..Default::default()
+    });
+    let analytics = Arc::new(redis_postgres_sync::analytics::AnalyticsStats {
+        health: health.clone(),
+        ..Default::default()
+    });
+    let mut settings = env.settings(2, 200);
+    settings.max_retries = 1;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(redis_postgres_sync::sync::service(
+        settings,
+        stats.clone(),
+        analytics.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    env.publish(&fixture_lines(SMALL_FIXTURE), &PublishOptions::default())
+        .await;
+    // Sync drains its input while every analytics batch times out.
+    env.wait_drained(Duration::from_secs(120)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while get(&analytics.restarts) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "analytics never failed twice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        health.breaker_state(),
+        BreakerState::Closed,
+        "analytics failures must not open sync's breaker"
+    );
+    assert_eq!(health.breaker_wait(), Duration::ZERO);
+    assert_eq!(get(&stats.restarts), 0, "sync never failed");
+    let metrics = health.metrics.encode();
+    assert!(
+        metrics.lines().any(|l| l == "circuit_breaker_state 0"),
+        "{metrics}"
+    );
+    assert_ne!(health.state_of(Breaker::Analytics), BreakerState::Closed);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "analytics_circuit_breaker_state 1"
+                || l == "analytics_circuit_breaker_state 2"),
+        "{metrics}"
+    );
+    // Postgres lets analytics through again: it waits out its breaker and catches up.
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({ANALYTICS_LOCK})"))
+        .execute(&mut holder)
+        .await
+        .expect("release the analytics lock");
+    env.wait_all_drained(Duration::from_secs(120)).await;
+    assert_eq!(health.state_of(Breaker::Analytics), BreakerState::Closed);
+    assert_eq!(health.breaker_state(), BreakerState::Closed);
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), service)
+        .await
+        .expect("stops")
+        .expect("no panic")
+        .expect("Ok");
+    env.assert_all_tables(&expected_tables(SMALL_FIXTURE)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_backfills_the_exact_pair_sums() {
     use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
