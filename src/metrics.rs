@@ -47,6 +47,7 @@ pub struct Metrics {
     pub analytics_lag_seconds: Gauge<f64, AtomicU64>,
     pub analytics_rows_written: Counter,
     pub analytics_batches: Counter,
+    pub analytics_rejected_terms: Counter,
     pub pipeline_restarts: Counter,
     pub reorgs: Counter,
     pub role: Family<RoleLabels, Gauge>,
@@ -73,6 +74,7 @@ impl Default for Metrics {
             analytics_lag_seconds: Gauge::default(),
             analytics_rows_written: Counter::default(),
             analytics_batches: Counter::default(),
+            analytics_rejected_terms: Counter::default(),
             pipeline_restarts: Counter::default(),
             reorgs: Counter::default(),
             role: Family::default(),
@@ -164,6 +166,11 @@ impl Default for Metrics {
             m.analytics_batches.clone(),
         );
         registry.register(
+            "analytics_rejected_terms",
+            "Term ids whose analytics rows PostgreSQL refused: logged, skipped and acknowledged",
+            m.analytics_rejected_terms.clone(),
+        );
+        registry.register(
             "pipeline_restarts",
             "Times the sync or analytics pipeline failed and was rebuilt from Postgres",
             m.pipeline_restarts.clone(),
@@ -222,6 +229,7 @@ mod tests {
             "event_processing_duration_seconds_bucket",
             "circuit_breaker_state",
             "analytics_circuit_breaker_state",
+            "analytics_rejected_terms_total",
             "dead_lettered_events_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");

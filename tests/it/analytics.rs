@@ -356,6 +356,119 @@ async fn analytics_failures_leave_the_sync_breaker_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_postgres_refuses_are_isolated_and_acknowledged() {
+    use diesel_async::RunQueryDsl;
+
+    let env = TestEnv::new("analytics_refused").await;
+    let service = InProcess::start(env.settings(2, 200));
+    // Once the schema is there, make Postgres refuse any triple_term market cap of 10^30 or
+    // more: a stand-in for any data Postgres rejects.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env
+        .count("SELECT count(*) AS n FROM pg_tables WHERE tablename = 'triple_term'")
+        .await
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no schema");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut conn = env.pg().await;
+    diesel::sql_query(
+        "ALTER TABLE triple_term ADD CONSTRAINT test_refuses_big_caps \
+         CHECK (total_market_cap < 1000000000000000000000000000000)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("add the check");
+    let (predicate, object) = (id(0xa0, 0), id(0xa0, 1));
+    let triple = |i: u8| id(0xb0, i);
+    let mut lines = vec![envelope(
+        "AtomCreated",
+        10,
+        [&predicate, &object]
+            .iter()
+            .map(|t| {
+                serde_json::json!({"creator": CREATOR, "termId": t, "atomData": "6869", "atomWallet": CREATOR})
+            })
+            .collect(),
+    )];
+    lines.push(envelope(
+        "Deposited",
+        11,
+        vec![serde_json::json!({
+            "sender": CREATOR, "receiver": CREATOR, "termId": triple(0), "curveId": "1",
+            "assets": "5", "assetsAfterFees": "5", "shares": "5", "totalShares": "5", "vaultType": 1,
+        })],
+    ));
+    // Six triples on one pair; 2 and 4 have saturated market caps, which the check refuses.
+    for i in 0..6u8 {
+        lines.push(envelope(
+            "TripleCreated",
+            100 + u64::from(i),
+            vec![serde_json::json!({
+                "creator": CREATOR, "termId": triple(i), "subjectId": id(0xc0, i),
+                "predicateId": predicate, "objectId": object,
+            })],
+        ));
+        let big = i == 2 || i == 4;
+        let p = if big { MAX } else { "1000000000000000000" };
+        lines.push(price(
+            200 + u64::from(i),
+            &triple(i),
+            p,
+            if big { MAX } else { "7" },
+        ));
+    }
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    env.publish(&refs, &PublishOptions::default()).await;
+    // Nothing wedges: every term update is acknowledged.
+    env.wait_all_drained(Duration::from_secs(60)).await;
+    assert_eq!(get(&service.analytics.restarts), 0, "no restart");
+    let refused = get(&service.analytics.rejected_terms);
+    assert_eq!(
+        refused, 4,
+        "the pro and counter terms of triples 2 and 4 are refused"
+    );
+    assert_eq!(
+        service.stats.health.breaker_state(),
+        redis_postgres_sync::breaker::BreakerState::Closed
+    );
+    assert!(service
+        .analytics
+        .health
+        .metrics
+        .encode()
+        .lines()
+        .any(|l| l == format!("analytics_rejected_terms_total {refused}")));
+    // The other four triples committed; pair rows count exactly the triples that did.
+    let stored = env.count("SELECT count(*) AS n FROM triple_term").await;
+    assert_eq!(stored, 4);
+    assert_eq!(
+        env.count(&format!(
+            "SELECT triple_count AS n FROM predicate_object WHERE predicate_id = '0x{predicate}'"
+        ))
+        .await,
+        4
+    );
+    // Postgres takes them again and the refused triples change: all tables equal the fold.
+    diesel::sql_query("ALTER TABLE triple_term DROP CONSTRAINT test_refuses_big_caps")
+        .execute(&mut conn)
+        .await
+        .expect("drop the check");
+    let later = vec![
+        price(300, &triple(2), "1000000000000000000", "9"),
+        price(301, &triple(4), MAX, MAX),
+    ];
+    let refs: Vec<&str> = later.iter().map(String::as_str).collect();
+    env.publish(&refs, &PublishOptions::default()).await;
+    lines.extend(later);
+    env.wait_all_drained(Duration::from_secs(60)).await;
+    service.stop().await;
+    env.assert_all_tables(&expected_tables(&lines.join("\n")))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_backfills_the_exact_pair_sums() {
     use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
