@@ -1,5 +1,10 @@
 //! What the service knows about itself, shared by its tasks and read by the HTTP endpoints: the
-//! metrics, the circuit breaker, and the process's role.
+//! metrics, the circuit breakers, and the process's role.
+//!
+//! Two breakers, one per pipeline ([`Breaker`]): sync's (`circuit_breaker_state`, `/health`'s
+//! `circuit_breaker_closed`) and the analytics consumer's (`analytics_circuit_breaker_state`).
+//! A failing analytics consumer never opens sync's breaker, nor the other way round: each
+//! pipeline records its failures on, and waits out, its own.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,10 +33,20 @@ impl Role {
     }
 }
 
+/// Which pipeline's circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breaker {
+    /// The sync pipeline's (SPEC §4, §8: `circuit_breaker_state`).
+    Sync,
+    /// The analytics consumer's (`analytics_circuit_breaker_state`).
+    Analytics,
+}
+
 #[derive(Debug)]
 pub struct Health {
     pub metrics: Metrics,
     breaker: Mutex<CircuitBreaker>,
+    analytics_breaker: Mutex<CircuitBreaker>,
     role: Mutex<Role>,
 }
 
@@ -46,6 +61,7 @@ impl Health {
         let h = Self {
             metrics: Metrics::default(),
             breaker: Mutex::new(CircuitBreaker::new(breaker_threshold, breaker_open_for)),
+            analytics_breaker: Mutex::new(CircuitBreaker::new(breaker_threshold, breaker_open_for)),
             role: Mutex::new(Role::Starting),
         };
         h.metrics.set_role(Role::Starting.as_str());
@@ -63,47 +79,85 @@ impl Health {
         self.metrics.set_role(role.as_str());
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
+    fn cell(&self, which: Breaker) -> &Mutex<CircuitBreaker> {
+        match which {
+            Breaker::Sync => &self.breaker,
+            Breaker::Analytics => &self.analytics_breaker,
+        }
+    }
+
+    fn gauge(&self, which: Breaker) -> &prometheus_client::metrics::gauge::Gauge {
+        match which {
+            Breaker::Sync => &self.metrics.circuit_breaker_state,
+            Breaker::Analytics => &self.metrics.analytics_circuit_breaker_state,
+        }
+    }
+
+    /// The state of `which` breaker, also set on its gauge.
+    pub fn state_of(&self, which: Breaker) -> BreakerState {
         let state = self
-            .breaker
+            .cell(which)
             .lock()
             .map(|b| b.state(Instant::now()))
             .unwrap_or(BreakerState::Closed);
-        self.metrics.circuit_breaker_state.set(state.code());
+        self.gauge(which).set(state.code());
         state
     }
 
-    /// How long an attempt must wait for the breaker (zero unless open).
-    pub fn breaker_wait(&self) -> Duration {
-        self.breaker
+    /// How long an attempt of `which` pipeline must wait for its breaker (zero unless open).
+    pub fn wait_of(&self, which: Breaker) -> Duration {
+        self.cell(which)
             .lock()
             .map(|b| b.wait(Instant::now()))
             .unwrap_or_default()
     }
 
-    pub fn record_success(&self) {
-        if let Ok(mut b) = self.breaker.lock() {
+    /// A success of `which` pipeline: closes its breaker.
+    pub fn success_of(&self, which: Breaker) {
+        if let Ok(mut b) = self.cell(which).lock() {
             b.on_success();
         }
-        self.breaker_state();
+        self.state_of(which);
     }
 
-    pub fn record_failure(&self) {
-        if let Ok(mut b) = self.breaker.lock() {
+    /// A failure of `which` pipeline: counts on its breaker only.
+    pub fn failure_of(&self, which: Breaker) {
+        if let Ok(mut b) = self.cell(which).lock() {
             b.on_failure(Instant::now());
         }
-        let state = self.breaker_state();
-        if state == BreakerState::Open {
+        if self.state_of(which) == BreakerState::Open {
             tracing::warn!(
-                open_for_ms = self.breaker_wait().as_millis() as u64,
+                breaker = ?which,
+                open_for_ms = self.wait_of(which).as_millis() as u64,
                 "circuit breaker open"
             );
         }
     }
+
+    /// Sync's breaker state (what `/health` reports). Refreshes both breaker gauges, so a scrape
+    /// that calls it shows the analytics breaker's current state too.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.state_of(Breaker::Analytics);
+        self.state_of(Breaker::Sync)
+    }
+
+    /// How long a sync attempt must wait for its breaker (zero unless open).
+    pub fn breaker_wait(&self) -> Duration {
+        self.wait_of(Breaker::Sync)
+    }
+
+    /// A success of sync.
+    pub fn record_success(&self) {
+        self.success_of(Breaker::Sync);
+    }
+
+    /// A failure of sync.
+    pub fn record_failure(&self) {
+        self.failure_of(Breaker::Sync);
+    }
 }
 
-/// After a failed pipeline: counts it (restarts, metric, breaker), logs it once, and waits an
-/// exponential backoff (0.4 s doubling up to 10 s). Returns `true` if `stop` fired meanwhile.
+/// After a failed sync pipeline: [`back_off_on`] sync's breaker.
 pub async fn back_off(
     health: &Health,
     restarts: &std::sync::atomic::AtomicU64,
@@ -112,9 +166,24 @@ pub async fn back_off(
     what: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
+    back_off_on(health, Breaker::Sync, restarts, failures, error, what, stop).await
+}
+
+/// After a failed pipeline: counts it (restarts, metric, the pipeline's own breaker `which`),
+/// logs it once, and waits an exponential backoff (0.4 s doubling up to 10 s). Returns `true` if
+/// `stop` fired meanwhile.
+pub async fn back_off_on(
+    health: &Health,
+    which: Breaker,
+    restarts: &std::sync::atomic::AtomicU64,
+    failures: u32,
+    error: &anyhow::Error,
+    what: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
     restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     health.metrics.pipeline_restarts.inc();
-    health.record_failure();
+    health.failure_of(which);
     let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
         .min(Duration::from_secs(10));
     tracing::error!(
@@ -143,4 +212,72 @@ pub fn stop_flag(
 /// Resolves once `flag` is true.
 pub async fn stopped(mut flag: tokio::sync::watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges(h: &Health) -> (bool, bool) {
+        let text = h.metrics.encode();
+        (
+            text.lines().any(|l| l == "circuit_breaker_state 1"),
+            text.lines()
+                .any(|l| l == "analytics_circuit_breaker_state 1"),
+        )
+    }
+
+    #[test]
+    fn analytics_failures_leave_the_sync_breaker_closed() {
+        let h = Health::new(2, Duration::from_secs(60));
+        h.failure_of(Breaker::Analytics);
+        h.failure_of(Breaker::Analytics);
+        h.failure_of(Breaker::Analytics);
+        assert_eq!(h.state_of(Breaker::Analytics), BreakerState::Open);
+        assert_eq!(h.breaker_state(), BreakerState::Closed, "sync's breaker");
+        assert_eq!(h.breaker_wait(), Duration::ZERO, "sync is not held back");
+        assert!(h.wait_of(Breaker::Analytics) > Duration::ZERO);
+        assert_eq!(gauges(&h), (false, true));
+        // A sync success does not close the analytics breaker either.
+        h.record_success();
+        assert_eq!(h.state_of(Breaker::Analytics), BreakerState::Open);
+        h.success_of(Breaker::Analytics);
+        assert_eq!(h.state_of(Breaker::Analytics), BreakerState::Closed);
+        assert_eq!(gauges(&h), (false, false));
+    }
+
+    #[test]
+    fn sync_failures_leave_the_analytics_breaker_closed() {
+        let h = Health::new(1, Duration::from_secs(60));
+        h.record_failure();
+        assert_eq!(h.breaker_state(), BreakerState::Open);
+        assert_eq!(h.state_of(Breaker::Analytics), BreakerState::Closed);
+        assert_eq!(h.wait_of(Breaker::Analytics), Duration::ZERO);
+        assert_eq!(gauges(&h), (true, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_off_counts_on_the_pipeline_s_own_breaker() {
+        let h = Health::new(1, Duration::from_secs(60));
+        let restarts = std::sync::atomic::AtomicU64::new(0);
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        let e = anyhow::anyhow!("connection refused");
+        let stopped = back_off_on(
+            &h,
+            Breaker::Analytics,
+            &restarts,
+            1,
+            &e,
+            "analytics consumer",
+            &mut stop,
+        )
+        .await;
+        assert!(!stopped);
+        assert_eq!(h.state_of(Breaker::Analytics), BreakerState::Open);
+        assert_eq!(h.breaker_state(), BreakerState::Closed);
+        // Sync's variant keeps its signature and counts on sync's breaker.
+        assert!(!back_off(&h, &restarts, 1, &e, "sync pipeline", &mut stop).await);
+        assert_eq!(h.breaker_state(), BreakerState::Open);
+        assert_eq!(restarts.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
 }

@@ -40,12 +40,14 @@ pub struct Metrics {
     pub batch_size_events: Histogram,
     pub dead_lettered_events: Counter,
     pub circuit_breaker_state: Gauge,
+    pub analytics_circuit_breaker_state: Gauge,
     pub consumer_lag_entries: Family<StreamLabels, Gauge>,
     pub consumer_pending_entries: Family<StreamLabels, Gauge>,
     pub analytics_lag_entries: Gauge,
     pub analytics_lag_seconds: Gauge<f64, AtomicU64>,
     pub analytics_rows_written: Counter,
     pub analytics_batches: Counter,
+    pub analytics_rejected_terms: Counter,
     pub pipeline_restarts: Counter,
     pub reorgs: Counter,
     pub role: Family<RoleLabels, Gauge>,
@@ -65,12 +67,14 @@ impl Default for Metrics {
             batch_size_events: Histogram::new(exponential_buckets(1.0, 2.0, 20)),
             dead_lettered_events: Counter::default(),
             circuit_breaker_state: Gauge::default(),
+            analytics_circuit_breaker_state: Gauge::default(),
             consumer_lag_entries: Family::default(),
             consumer_pending_entries: Family::default(),
             analytics_lag_entries: Gauge::default(),
             analytics_lag_seconds: Gauge::default(),
             analytics_rows_written: Counter::default(),
             analytics_batches: Counter::default(),
+            analytics_rejected_terms: Counter::default(),
             pipeline_restarts: Counter::default(),
             reorgs: Counter::default(),
             role: Family::default(),
@@ -123,8 +127,13 @@ impl Default for Metrics {
         );
         registry.register(
             "circuit_breaker_state",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            "Circuit breaker of the sync pipeline: 0 closed, 1 open, 2 half-open",
             m.circuit_breaker_state.clone(),
+        );
+        registry.register(
+            "analytics_circuit_breaker_state",
+            "Circuit breaker of the analytics consumer (its own, apart from sync's): 0 closed, 1 open, 2 half-open",
+            m.analytics_circuit_breaker_state.clone(),
         );
         registry.register(
             "consumer_lag_entries",
@@ -155,6 +164,11 @@ impl Default for Metrics {
             "analytics_batches",
             "Analytics transactions committed",
             m.analytics_batches.clone(),
+        );
+        registry.register(
+            "analytics_rejected_terms",
+            "Term ids whose analytics rows PostgreSQL refused: logged, skipped and acknowledged",
+            m.analytics_rejected_terms.clone(),
         );
         registry.register(
             "pipeline_restarts",
@@ -214,6 +228,8 @@ mod tests {
             "events_failed_total",
             "event_processing_duration_seconds_bucket",
             "circuit_breaker_state",
+            "analytics_circuit_breaker_state",
+            "analytics_rejected_terms_total",
             "dead_lettered_events_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");

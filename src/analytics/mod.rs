@@ -3,9 +3,19 @@
 //!
 //! Each batch takes many term-update entries, de-duplicates their term ids, finds the triples
 //! those terms belong to (as pro or counter term), recomputes only those triples' rows from the
-//! vault table, and moves each triple's contribution between pair aggregates by exact deltas
-//! (`domain::analytics::recompute`). One transaction per batch, then XACK: a crash loses nothing
-//! (the entries stay pending) and a redelivery recomputes the same rows (deltas of zero).
+//! vault table, and moves each triple's contribution between the pair aggregates it counts into:
+//! the stored rows of those pairs are read, loaded into `domain::analytics::PairAggregate`s (the
+//! fold's own primitive, exact in 512 bits), moved with remove/add and written back as absolute
+//! values (`domain::analytics::recompute`). One transaction per batch, then XACK: a crash loses
+//! nothing (the entries stay pending) and a redelivery recomputes the same rows.
+//!
+//! Failures (SPEC §4): a transient one is retried (`MAX_RETRIES`), then the consumer backs off
+//! and restarts, acknowledging nothing, on **its own** circuit breaker (`health::Breaker::
+//! Analytics`), which it waits out before trying again; sync's breaker never sees it. A batch
+//! that PostgreSQL *rejects* ([`failure::Class::Rejected`]) is narrowed down by bisection
+//! ([`narrow`]) to the term ids it refuses: the rest commits, each refused term is logged at
+//! ERROR and counted (`analytics_rejected_terms_total`), and the entries are acknowledged, so no
+//! input can wedge the consumer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -20,12 +30,14 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use crate::config::Connections;
-use crate::domain::analytics::recompute;
+use crate::domain::analytics::{recompute, touched_pairs};
 use crate::domain::rows::TripleTermRow;
 use crate::domain::TermId;
+use crate::health::Breaker;
 use crate::ingest::stream::{self, EntrySource, GroupReader, TERM_IDS_FIELD};
 use crate::store;
 use crate::store::analytics::{self as sql, AnalyticsWrite};
+use crate::store::failure::{self, Class};
 use crate::sync::with_retries;
 
 /// Settings of the analytics consumer (SPEC §7).
@@ -80,6 +92,8 @@ pub struct AnalyticsStats {
     pub rows: AtomicU64,
     pub batches: AtomicU64,
     pub restarts: AtomicU64,
+    /// Term ids whose rows PostgreSQL refused (skipped and acknowledged).
+    pub rejected_terms: AtomicU64,
     pub first_commit: Mutex<Option<Instant>>,
     pub last_commit: Mutex<Option<Instant>>,
 }
@@ -93,13 +107,23 @@ pub async fn run(
     let stop = crate::health::stop_flag(shutdown);
     let mut failures = 0u32;
     loop {
+        // Our own breaker open: wait out its open period, then try once (half-open).
+        let wait = stats.health.wait_of(Breaker::Analytics);
+        if !wait.is_zero() {
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
         match consume(&run, &stats, stop.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 failures += 1;
                 let mut stop = stop.clone();
-                if crate::health::back_off(
+                if crate::health::back_off_on(
                     &stats.health,
+                    Breaker::Analytics,
                     &stats.restarts,
                     failures,
                     &e,
@@ -169,16 +193,7 @@ async fn consume(
             }
         }
         let terms: Vec<String> = terms.into_iter().collect();
-        let (triples, rows) = with_retries("analytics batch", run.max_retries, || {
-            let (pool, terms) = (pool.clone(), &terms);
-            async move {
-                let mut conn = pool.get().await.context("taking a database connection")?;
-                tokio::time::timeout(run.processing_timeout, apply(&mut conn, terms))
-                    .await
-                    .context("analytics batch timed out (PROCESSING_TIMEOUT_MS)")?
-            }
-        })
-        .await?;
+        let done = commit(run, &pool, &terms, stats).await?;
         let acks: Vec<(String, String)> = entries
             .iter()
             .map(|e| (e.stream.clone(), e.id.clone()))
@@ -192,16 +207,22 @@ async fn consume(
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         stats.terms.fetch_add(terms.len() as u64, Ordering::Relaxed);
-        stats.triples.fetch_add(triples as u64, Ordering::Relaxed);
-        stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        stats
+            .triples
+            .fetch_add(done.triples as u64, Ordering::Relaxed);
+        stats.rows.fetch_add(done.rows as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.health.metrics.analytics_batches.inc();
+        stats
+            .health
+            .metrics
+            .analytics_batches
+            .inc_by(done.transactions as u64);
         stats
             .health
             .metrics
             .analytics_rows_written
-            .inc_by(rows as u64);
-        stats.health.record_success();
+            .inc_by(done.rows as u64);
+        stats.health.success_of(Breaker::Analytics);
         if let Ok(mut t) = stats.last_commit.lock() {
             *t = Some(Instant::now());
         }
@@ -209,6 +230,151 @@ async fn consume(
             t.get_or_insert_with(Instant::now);
         }
     }
+}
+
+/// What committing a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Committed {
+    triples: usize,
+    rows: usize,
+    /// Transactions committed: 1, or the parts of a narrowed batch.
+    transactions: usize,
+}
+
+/// Commits the batch of `terms`: in one transaction, or, if PostgreSQL rejects it, in the parts
+/// [`narrow`] finds, skipping the refused terms (logged at ERROR, counted). A transient failure
+/// is returned (the caller acknowledges nothing).
+async fn commit(
+    run: &AnalyticsRun,
+    pool: &store::Pool,
+    terms: &[String],
+    stats: &AnalyticsStats,
+) -> anyhow::Result<Committed> {
+    let error = match attempt(run, pool, terms.to_vec()).await {
+        Ok((triples, rows)) => {
+            return Ok(Committed {
+                triples,
+                rows,
+                transactions: 1,
+            })
+        }
+        Err(e) if failure::classify(&e) == Class::Rejected => e,
+        Err(e) => return Err(e),
+    };
+    tracing::warn!(
+        error = format!("{error:#}"),
+        terms = terms.len(),
+        "PostgreSQL rejected an analytics batch; narrowing it down to the terms it refuses"
+    );
+    let found = narrow(terms, error, |part| attempt(run, pool, part)).await?;
+    for (term, e) in &found.refused {
+        tracing::error!(
+            term_id = %term,
+            error = failure::reason(e),
+            "PostgreSQL refuses the analytics rows of this term: skipped and acknowledged \
+             (its triple-level rows stay as they were; `replay` rebuilds them)"
+        );
+    }
+    let refused = found.refused.len() as u64;
+    stats.rejected_terms.fetch_add(refused, Ordering::Relaxed);
+    stats
+        .health
+        .metrics
+        .analytics_rejected_terms
+        .inc_by(refused);
+    Ok(found
+        .committed
+        .iter()
+        .fold(Committed::default(), |acc, &(triples, rows)| Committed {
+            triples: acc.triples + triples,
+            rows: acc.rows + rows,
+            transactions: acc.transactions + 1,
+        }))
+}
+
+/// One try of `terms` in its own transaction, transient failures retried (`MAX_RETRIES`); a
+/// rejection is returned at once (retrying it would only be refused again).
+async fn attempt(
+    run: &AnalyticsRun,
+    pool: &store::Pool,
+    terms: Vec<String>,
+) -> anyhow::Result<(usize, usize)> {
+    with_retries("analytics batch", run.max_retries, || {
+        let (pool, terms) = (pool.clone(), &terms);
+        async move {
+            let once = async {
+                let mut conn = pool.get().await.context("taking a database connection")?;
+                tokio::time::timeout(run.processing_timeout, apply(&mut conn, terms))
+                    .await
+                    .context("analytics batch timed out (PROCESSING_TIMEOUT_MS)")?
+            };
+            match once.await {
+                Err(e) if failure::classify(&e) == Class::Rejected => Ok(Err(e)),
+                other => other.map(Ok),
+            }
+        }
+    })
+    .await?
+}
+
+/// What [`narrow`] found.
+#[derive(Debug)]
+pub struct Narrowed<T, R> {
+    /// The result of each part that committed.
+    pub committed: Vec<R>,
+    /// The items refused, each with the rejection of its own try.
+    pub refused: Vec<(T, anyhow::Error)>,
+}
+
+/// Narrows a batch that was rejected (with `error`) down to the items that are refused on their
+/// own: splits it in halves and tries each with `attempt` (its own transaction), splitting a
+/// rejected part again, until the parts commit or single items are refused. Every item ends in
+/// exactly one committed part or in `refused`; with k refused items of n, about 2·k·log₂ n tries.
+/// A transient failure of any try ends the search with that error: nothing is acknowledged and
+/// the batch comes again (parts already committed recompute to the same rows).
+pub async fn narrow<T, R, F, Fut>(
+    items: &[T],
+    error: anyhow::Error,
+    mut attempt: F,
+) -> anyhow::Result<Narrowed<T, R>>
+where
+    T: Clone,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: Future<Output = anyhow::Result<R>>,
+{
+    let mut found = Narrowed {
+        committed: Vec::new(),
+        refused: Vec::new(),
+    };
+    if let [one] = items {
+        found.refused.push((one.clone(), error));
+        return Ok(found);
+    }
+    // Parts still to try, as ranges of `items`; the last pushed is tried first (left to right).
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+    let split = |r: std::ops::Range<usize>, todo: &mut Vec<std::ops::Range<usize>>| {
+        let mid = r.start + r.len() / 2;
+        todo.push(mid..r.end);
+        todo.push(r.start..mid);
+    };
+    split(0..items.len(), &mut todo);
+    while let Some(part) = todo.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        match attempt(items[part.clone()].to_vec()).await {
+            Ok(r) => found.committed.push(r),
+            Err(e) if failure::classify(&e) == Class::Rejected => {
+                if part.len() == 1 {
+                    found.refused.push((items[part.start].clone(), e));
+                } else {
+                    split(part, &mut todo);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
 }
 
 /// One batch in one transaction: returns (triples recomputed, rows written).
@@ -236,7 +402,10 @@ async fn apply(
             .into_iter()
             .map(|r| (r.term_id, r))
             .collect();
-        let r = recompute(&triples, &vaults, &stored);
+        let (po_keys, sp_keys) = touched_pairs(&triples);
+        let stored_po = sql::pair_rows(conn, sql::PREDICATE_OBJECT, &po_keys).await?;
+        let stored_sp = sql::pair_rows(conn, sql::SUBJECT_PREDICATE, &sp_keys).await?;
+        let r = recompute(&triples, &vaults, &stored, &stored_po, &stored_sp);
         let rows = r.triple_vaults.len()
             + r.triple_terms.len()
             + r.predicate_object.len()
@@ -321,4 +490,123 @@ pub async fn lag(
         pending,
         seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+    fn rejected(message: &str) -> anyhow::Error {
+        anyhow::Error::new(DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(message.to_owned()),
+        ))
+        .context("writing predicate_object")
+    }
+
+    /// Runs [`narrow`] over `0..n` with a try that is rejected whenever its part holds an item
+    /// of `bad`: returns (committed parts, refused items, number of tries).
+    async fn run(n: u32, bad: &[u32]) -> (Vec<Vec<u32>>, Vec<u32>, usize) {
+        let items: Vec<u32> = (0..n).collect();
+        let mut tries = 0;
+        let found = narrow(
+            &items,
+            rejected("numeric field overflow"),
+            |part: Vec<u32>| {
+                tries += 1;
+                std::future::ready(if part.iter().any(|i| bad.contains(i)) {
+                    Err(rejected("numeric field overflow"))
+                } else {
+                    Ok(part)
+                })
+            },
+        )
+        .await
+        .expect("no transient failure");
+        assert!(found
+            .refused
+            .iter()
+            .all(|(_, e)| failure::classify(e) == Class::Rejected
+                && format!("{e:#}").contains("numeric field overflow")));
+        let refused = found.refused.into_iter().map(|(t, _)| t).collect();
+        (found.committed, refused, tries)
+    }
+
+    #[tokio::test]
+    async fn narrow_isolates_exactly_the_refused_items_and_commits_the_rest_once() {
+        for n in 1..=33u32 {
+            for bad in [
+                vec![],
+                vec![0],
+                vec![n - 1],
+                vec![n / 2],
+                vec![0, n / 3, n - 1],
+            ] {
+                let mut bad = bad;
+                bad.sort_unstable();
+                bad.dedup();
+                if n == 1 && bad.is_empty() {
+                    continue; // a batch of one that was rejected is refused without a try
+                }
+                let (committed, mut refused, tries) = run(n, &bad).await;
+                refused.sort_unstable();
+                assert_eq!(refused, bad, "n = {n}");
+                let mut all: Vec<u32> = committed.iter().flatten().copied().collect();
+                all.extend(&refused);
+                all.sort_unstable();
+                assert_eq!(all, (0..n).collect::<Vec<_>>(), "each item once, n = {n}");
+                let depth = (32 - n.leading_zeros()) as usize;
+                assert!(
+                    tries <= 2 + 2 * bad.len().max(1) * depth,
+                    "{tries} tries for n = {n}, bad = {bad:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn narrow_of_one_item_refuses_it_without_another_try() {
+        let found = narrow(
+            &["0xab"],
+            rejected("value overflows numeric format"),
+            |_| std::future::ready(Ok::<(), anyhow::Error>(())),
+        )
+        .await
+        .expect("no try");
+        assert!(found.committed.is_empty());
+        assert_eq!(found.refused.len(), 1);
+        assert_eq!(found.refused[0].0, "0xab");
+    }
+
+    #[tokio::test]
+    async fn narrow_stops_at_a_transient_failure() {
+        let items: Vec<u32> = (0..8).collect();
+        let mut tries = 0;
+        let out = narrow(
+            &items,
+            rejected("numeric field overflow"),
+            |part: Vec<u32>| {
+                tries += 1;
+                std::future::ready(match tries {
+                    1 => Ok(part),
+                    _ => Err(anyhow::anyhow!("connection refused (os error 111)")),
+                })
+            },
+        )
+        .await;
+        let e = out.expect_err("the transient failure is returned");
+        assert_eq!(failure::classify(&e), Class::Transient);
+        assert_eq!(tries, 2, "nothing tried after it");
+    }
+
+    #[tokio::test]
+    async fn a_batch_rejected_by_a_fluke_commits_in_parts() {
+        let (committed, refused, _) = run(10, &[]).await;
+        assert!(refused.is_empty());
+        assert_eq!(
+            committed,
+            vec![(0..5).collect::<Vec<_>>(), (5..10).collect()]
+        );
+    }
 }

@@ -30,13 +30,23 @@ pub fn sum<I: IntoIterator<Item = U256>>(values: I) -> U256 {
 }
 
 /// An exact running total that supports removal: uint256 terms summed in 512 bits, so any
-/// sequence of adds and removals of the same terms gives the same total.
+/// sequence of adds and removals of the same terms gives the same total. (2⁵¹²−1 holds more than
+/// 2²⁵⁵ terms of 2²⁵⁶−1: no count of triples reaches it; the add saturates rather than panic.)
+///
+/// Stored in two forms: [`value`](Self::value), the saturated uint256 that readers see, and
+/// [`exact`](Self::exact), the 512-bit sum, which a total read back from storage must start from
+/// ([`from_exact`](Self::from_exact)) so that a later removal stays exact.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Total(U512);
 
 impl Total {
+    /// A total that stands at `exact` (the 512-bit sum of its terms).
+    pub fn from_exact(exact: U512) -> Self {
+        Self(exact)
+    }
+
     pub fn add(&mut self, v: U256) {
-        self.0 += U512::from(v);
+        self.0 = self.0.saturating_add(U512::from(v));
     }
 
     /// Removes a term that was added before.
@@ -47,6 +57,11 @@ impl Total {
     /// The total as stored: saturated to uint256.
     pub fn value(&self) -> U256 {
         saturate(self.0)
+    }
+
+    /// The exact sum, in 512 bits.
+    pub fn exact(&self) -> U512 {
+        self.0
     }
 }
 
@@ -119,5 +134,25 @@ mod tests {
         assert_eq!(t.value(), U256::MAX);
         t.remove(U256::MAX);
         assert_eq!(t.value(), U256::from(10));
+    }
+
+    #[test]
+    fn total_resumes_exactly_from_its_exact_sum() {
+        let mut t = Total::default();
+        for _ in 0..10 {
+            t.add(U256::MAX);
+        }
+        assert_eq!(t.value(), U256::MAX);
+        assert_eq!(t.exact(), U512::from(U256::MAX) * U512::from(10));
+        // Read back from storage: the exact sum, not the saturated value, carries on.
+        let mut back = Total::from_exact(t.exact());
+        assert_eq!(back, t);
+        for _ in 0..9 {
+            back.remove(U256::MAX);
+        }
+        back.add(U256::from(7));
+        assert_eq!(back.value(), U256::MAX);
+        back.remove(U256::MAX);
+        assert_eq!(back.value(), U256::from(7));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use primitive_types::U256;
+use primitive_types::{U256, U512};
 
 use super::types::{Address, TermId, TermType, TxHash, VaultType};
 
@@ -105,7 +105,10 @@ pub struct PairRow {
     pub key: PairKey,
     pub triple_count: i64,
     pub total_position_count: i64,
+    /// Σ triple_term.total_market_cap, saturated at 2²⁵⁶−1 (SPEC §2).
     pub total_market_cap: U256,
+    /// The same sum, exact in 512 bits: what a later removal of a triple starts from.
+    pub total_market_cap_sum: U512,
 }
 
 /// Every derived table, each in key order.

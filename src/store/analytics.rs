@@ -1,17 +1,26 @@
 //! SQL of the analytics consumer: finding the triples a set of changed terms affects, reading
-//! their vault figures and current triple_term rows, and writing the recomputed rows and the
-//! pair deltas.
+//! their vault figures, current triple_term rows and the stored rows of the pairs they count
+//! into, and writing the recomputed rows — pair rows as absolute values, never as deltas added in
+//! SQL, so Postgres never does arithmetic that could overflow a column.
+//!
+//! Ranges: every value written fits its column. triple_vault and triple_term figures are
+//! saturating uint256 sums (`math::sum`, `saturating_add`), at most 2²⁵⁶−1, which NUMERIC(78,0)
+//! holds; counts are saturating `i64`s; a pair's `total_market_cap` is `Total::value()`
+//! (saturated) and its `total_market_cap_sum` a U512, which NUMERIC(155,0) holds.
 
 use anyhow::Context;
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use primitive_types::U256;
+use primitive_types::{U256, U512};
 
-use super::rows::{triple_term_rows, triple_vault_rows};
+use super::rows::{
+    predicate_object_rows, subject_predicate_rows, triple_term_rows, triple_vault_rows,
+};
 use super::rowset::pg_numeric;
-use crate::domain::analytics::{PairDelta, TripleKeys, VaultFigures};
-use crate::domain::rows::{PairKey, TripleTermRow, TripleVaultRow};
+use crate::domain::analytics::{PairWrite, TripleKeys, VaultFigures};
+use crate::domain::math;
+use crate::domain::rows::{PairKey, PairRow, TripleTermRow, TripleVaultRow};
 use crate::domain::{Bytes32, TermId};
 
 #[derive(QueryableByName)]
@@ -58,6 +67,20 @@ struct TripleTermRecord {
     total_position_count: i64,
 }
 
+#[derive(QueryableByName)]
+struct PairRecord {
+    #[diesel(sql_type = Text)]
+    a: String,
+    #[diesel(sql_type = Text)]
+    b: String,
+    #[diesel(sql_type = BigInt)]
+    triple_count: i64,
+    #[diesel(sql_type = BigInt)]
+    total_position_count: i64,
+    #[diesel(sql_type = Text)]
+    total_market_cap_sum: String,
+}
+
 fn id(s: &str) -> anyhow::Result<TermId> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
@@ -68,6 +91,30 @@ fn id(s: &str) -> anyhow::Result<TermId> {
 fn num(s: &str) -> anyhow::Result<U256> {
     U256::from_dec_str(s).map_err(|e| anyhow::anyhow!("{s:?} is not a uint256: {e:?}"))
 }
+
+fn num512(s: &str) -> anyhow::Result<U512> {
+    U512::from_dec_str(s).map_err(|e| anyhow::anyhow!("{s:?} is not a 512-bit sum: {e:?}"))
+}
+
+/// A pair table: its name and its two key columns, in [`PairKey`] order.
+#[derive(Debug, Clone, Copy)]
+pub struct PairTable {
+    pub name: &'static str,
+    pub first: &'static str,
+    pub second: &'static str,
+}
+
+pub const PREDICATE_OBJECT: PairTable = PairTable {
+    name: "predicate_object",
+    first: "predicate_id",
+    second: "object_id",
+};
+
+pub const SUBJECT_PREDICATE: PairTable = PairTable {
+    name: "subject_predicate",
+    first: "subject_id",
+    second: "predicate_id",
+};
 
 /// Serialises analytics transactions across processes: they read then write pair aggregates, so
 /// two at once could count a triple's change twice. A transaction-scoped advisory lock, released
@@ -161,6 +208,47 @@ pub async fn triple_terms(
         .collect()
 }
 
+/// The stored rows of `keys` in `table` (one set-based query; keys with no row are left out).
+/// Only the exact sum is read: the shown market cap is a function of it.
+pub async fn pair_rows(
+    conn: &mut AsyncPgConnection,
+    table: PairTable,
+    keys: &[PairKey],
+) -> anyhow::Result<Vec<PairRow>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let a: Vec<String> = keys.iter().map(|k| k.0.to_string()).collect();
+    let b: Vec<String> = keys.iter().map(|k| k.1.to_string()).collect();
+    let PairTable {
+        name,
+        first,
+        second,
+    } = table;
+    let rows: Vec<PairRecord> = diesel::sql_query(format!(
+        "SELECT t.{first} AS a, t.{second} AS b, t.triple_count, t.total_position_count, \
+         t.total_market_cap_sum::text AS total_market_cap_sum \
+         FROM {name} t JOIN UNNEST($1::text[], $2::text[]) AS u(a, b) ON t.{first} = u.a AND t.{second} = u.b"
+    ))
+    .bind::<Array<Text>, _>(&a)
+    .bind::<Array<Text>, _>(&b)
+    .load(conn)
+    .await
+    .with_context(|| format!("reading {name}"))?;
+    rows.iter()
+        .map(|r| {
+            let sum = num512(&r.total_market_cap_sum)?;
+            Ok(PairRow {
+                key: (id(&r.a)?, id(&r.b)?),
+                triple_count: r.triple_count,
+                total_position_count: r.total_position_count,
+                total_market_cap: math::saturate(sum),
+                total_market_cap_sum: sum,
+            })
+        })
+        .collect()
+}
+
 /// Everything one analytics batch writes.
 #[derive(Debug, Default)]
 pub struct AnalyticsWrite {
@@ -168,8 +256,9 @@ pub struct AnalyticsWrite {
     /// Triples whose triple_vault rows are exactly `triple_vaults` now (stale curves deleted).
     pub triples: Vec<String>,
     pub triple_terms: Vec<TripleTermRow>,
-    pub predicate_object: Vec<(PairKey, PairDelta)>,
-    pub subject_predicate: Vec<(PairKey, PairDelta)>,
+    /// Absolute pair rows (`None`: delete the pair, no triple is left).
+    pub predicate_object: Vec<PairWrite>,
+    pub subject_predicate: Vec<PairWrite>,
 }
 
 /// Writes a batch (inside the caller's transaction).
@@ -202,76 +291,55 @@ pub async fn write(conn: &mut AsyncPgConnection, w: &AnalyticsWrite) -> anyhow::
         .write(shared)
         .await
         .context("writing triple_term")?;
-    for (table, first, second, deltas) in [
-        (
-            "predicate_object",
-            "predicate_id",
-            "object_id",
-            &w.predicate_object,
-        ),
-        (
-            "subject_predicate",
-            "subject_id",
-            "predicate_id",
-            &w.subject_predicate,
-        ),
+    let upserts = |writes: &[PairWrite]| -> Vec<PairRow> {
+        writes.iter().filter_map(|(_, r)| r.clone()).collect()
+    };
+    predicate_object_rows(upserts(&w.predicate_object))
+        .write(shared)
+        .await
+        .context("writing predicate_object")?;
+    subject_predicate_rows(upserts(&w.subject_predicate))
+        .write(shared)
+        .await
+        .context("writing subject_predicate")?;
+    for (table, writes) in [
+        (PREDICATE_OBJECT, &w.predicate_object),
+        (SUBJECT_PREDICATE, &w.subject_predicate),
     ] {
-        apply_pair_deltas(conn, table, first, second, deltas).await?;
+        delete_pairs(conn, table, writes).await?;
     }
     Ok(())
 }
 
-/// Adds the deltas to the pair rows (creating them), then deletes pairs left with no triple.
-/// Conflict target: the pair key; the new values are old + delta, computed by Postgres in NUMERIC,
-/// so the result is exact.
-async fn apply_pair_deltas(
+/// Deletes the pairs left with no triple (`None` in `writes`).
+async fn delete_pairs(
     conn: &mut AsyncPgConnection,
-    table: &str,
-    first: &str,
-    second: &str,
-    deltas: &[(PairKey, PairDelta)],
+    table: PairTable,
+    writes: &[PairWrite],
 ) -> anyhow::Result<()> {
-    if deltas.is_empty() {
+    let gone: Vec<&PairKey> = writes
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(k, _)| k)
+        .collect();
+    if gone.is_empty() {
         return Ok(());
     }
-    let a: Vec<String> = deltas.iter().map(|(k, _)| k.0.to_string()).collect();
-    let b: Vec<String> = deltas.iter().map(|(k, _)| k.1.to_string()).collect();
-    let n: Vec<i64> = deltas.iter().map(|(_, d)| d.triple_count).collect();
-    let p: Vec<i64> = deltas.iter().map(|(_, d)| d.position_count).collect();
-    let add: Vec<_> = deltas
-        .iter()
-        .map(|(_, d)| pg_numeric(&d.market_cap_add))
-        .collect();
-    let sub: Vec<_> = deltas
-        .iter()
-        .map(|(_, d)| pg_numeric(&d.market_cap_sub))
-        .collect();
-    let sql = format!(
-        "INSERT INTO {table} AS t ({first}, {second}, triple_count, total_position_count, total_market_cap) \
-         SELECT u.a, u.b, u.n, u.p, u.add - u.sub FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::numeric[], $6::numeric[]) \
-         AS u(a, b, n, p, add, sub) \
-         ON CONFLICT ({first}, {second}) DO UPDATE SET triple_count = t.triple_count + EXCLUDED.triple_count, \
-         total_position_count = t.total_position_count + EXCLUDED.total_position_count, \
-         total_market_cap = t.total_market_cap + EXCLUDED.total_market_cap"
-    );
-    diesel::sql_query(sql)
-        .bind::<Array<Text>, _>(&a)
-        .bind::<Array<Text>, _>(&b)
-        .bind::<Array<BigInt>, _>(n)
-        .bind::<Array<BigInt>, _>(p)
-        .bind::<Array<diesel::sql_types::Numeric>, _>(add)
-        .bind::<Array<diesel::sql_types::Numeric>, _>(sub)
-        .execute(conn)
-        .await
-        .with_context(|| format!("writing {table}"))?;
+    let a: Vec<String> = gone.iter().map(|k| k.0.to_string()).collect();
+    let b: Vec<String> = gone.iter().map(|k| k.1.to_string()).collect();
+    let PairTable {
+        name,
+        first,
+        second,
+    } = table;
     diesel::sql_query(format!(
-        "DELETE FROM {table} t USING UNNEST($1::text[], $2::text[]) AS u(a, b) \
-         WHERE t.{first} = u.a AND t.{second} = u.b AND t.triple_count <= 0"
+        "DELETE FROM {name} t USING UNNEST($1::text[], $2::text[]) AS u(a, b) \
+         WHERE t.{first} = u.a AND t.{second} = u.b"
     ))
     .bind::<Array<Text>, _>(&a)
     .bind::<Array<Text>, _>(&b)
     .execute(conn)
     .await
-    .with_context(|| format!("deleting empty {table} rows"))?;
+    .with_context(|| format!("deleting empty {name} rows"))?;
     Ok(())
 }

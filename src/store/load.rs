@@ -347,6 +347,7 @@ pub const DERIVED: [TableShape; 9] = [
             "triple_count",
             "total_position_count",
             "total_market_cap::text",
+            "total_market_cap_sum::text",
         ],
     },
     TableShape {
@@ -358,6 +359,7 @@ pub const DERIVED: [TableShape; 9] = [
             "triple_count",
             "total_position_count",
             "total_market_cap::text",
+            "total_market_cap_sum::text",
         ],
     },
 ];
@@ -558,6 +560,7 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     n(r.triple_count),
                     n(r.total_position_count),
                     s(r.total_market_cap),
+                    s(r.total_market_cap_sum),
                 ]
             }),
         ),
@@ -570,6 +573,7 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     n(r.triple_count),
                     n(r.total_position_count),
                     s(r.total_market_cap),
+                    s(r.total_market_cap_sum),
                 ]
             }),
         ),

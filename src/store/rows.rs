@@ -9,7 +9,7 @@ use primitive_types::U256;
 
 use diesel::pg::data_types::{PgNumeric, PgTimestamp};
 
-use super::rowset::{pg_numeric, pg_timestamp, Column, OnConflict, RowSet};
+use super::rowset::{pg_numeric, pg_numeric_u512, pg_timestamp, Column, OnConflict, RowSet};
 use crate::domain::rows::{
     AtomRow, PairRow, PositionRow, TermRow, TripleRow, TripleTermRow, TripleVaultRow, VaultRow,
 };
@@ -554,8 +554,8 @@ pub fn triple_term_rows(rows: &[TripleTermRow]) -> RowSet {
     )
 }
 
-/// Upserts of whole predicate_object rows (conflict target: `(predicate_id, object_id)`). The
-/// analytics consumer moves these rows by deltas instead; whole rows are for rebuilds.
+/// Upserts of whole predicate_object rows (conflict target: `(predicate_id, object_id)`): for
+/// rebuilds, and for the analytics consumer, which writes each touched pair's absolute row.
 pub fn predicate_object_rows(rows: impl IntoIterator<Item = PairRow>) -> RowSet {
     pair_rows("predicate_object", &["predicate_id", "object_id"], rows)
 }
@@ -565,7 +565,9 @@ pub fn subject_predicate_rows(rows: impl IntoIterator<Item = PairRow>) -> RowSet
     pair_rows("subject_predicate", &["subject_id", "predicate_id"], rows)
 }
 
-/// A pair aggregate table: `key` names its two id columns, in [`PairRow::key`] order.
+/// A pair aggregate table: `key` names its two id columns, in [`PairRow::key`] order. The market
+/// cap goes in twice: saturated (`total_market_cap`, NUMERIC(78,0)) and exact
+/// (`total_market_cap_sum`, 512 bits).
 fn pair_rows(
     table: &'static str,
     key: &'static [&'static str; 2],
@@ -578,6 +580,7 @@ fn pair_rows(
         t.int(0, r.triple_count);
         t.int(1, r.total_position_count);
         t.num(0, &r.total_market_cap);
+        slot(&mut t.num, 1).push(pg_numeric_u512(&r.total_market_cap_sum));
     }
     t.rowset(
         table,
@@ -588,6 +591,7 @@ fn pair_rows(
             ("triple_count", I(0)),
             ("total_position_count", I(1)),
             ("total_market_cap", N(0)),
+            ("total_market_cap_sum", N(1)),
         ],
     )
 }

@@ -13,7 +13,7 @@ use diesel::pg::data_types::{PgNumeric, PgTimestamp};
 use diesel::pg::Pg;
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, Numeric, Text, Timestamptz};
 use diesel_async::AsyncPgConnection;
-use primitive_types::U256;
+use primitive_types::{U256, U512};
 
 /// One column of values, typed by how it is stored.
 #[derive(Debug, Clone)]
@@ -90,6 +90,33 @@ pub fn pg_numeric(v: &U256) -> PgNumeric {
             groups.push(r.low_u64() as i16);
             x = q;
         }
+    }
+    let weight = groups.len() as i16 - 1;
+    groups.reverse();
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    PgNumeric::Positive {
+        weight: weight.max(0),
+        scale: 0,
+        digits: groups,
+    }
+}
+
+/// A 512-bit unsigned integer in the binary NUMERIC form of [`pg_numeric`]: the exact market-cap
+/// sums of the pair aggregates (`total_market_cap_sum`, up to 2⁵¹²−1, 155 digits). A value that
+/// fits uint256 takes [`pg_numeric`]'s path.
+pub fn pg_numeric_u512(v: &U512) -> PgNumeric {
+    if let Ok(small) = U256::try_from(*v) {
+        return pg_numeric(&small);
+    }
+    let mut groups: Vec<i16> = Vec::with_capacity(39);
+    let mut x = *v;
+    let base = U512::from(10_000u64);
+    while !x.is_zero() {
+        let (q, r) = x.div_mod(base);
+        groups.push(r.low_u64() as i16);
+        x = q;
     }
     let weight = groups.len() as i16 - 1;
     groups.reverse();
@@ -237,6 +264,36 @@ mod tests {
             (max.0, max.2.len(), max.2[0], *max.2.last().expect("digits")),
             (19, 20, 11, 9935)
         );
+    }
+
+    #[test]
+    fn numeric_groups_of_512_bit_values() {
+        let n = |v: U512| match pg_numeric_u512(&v) {
+            PgNumeric::Positive {
+                weight,
+                scale,
+                digits,
+            } => (weight, scale, digits),
+            other => panic!("{other:?}"),
+        };
+        for v in [U256::zero(), U256::from(10_000u64), U256::MAX] {
+            assert_eq!(pg_numeric_u512(&U512::from(v)), pg_numeric(&v), "{v}");
+        }
+        // 2^256: one past uint256, 78 digits, 115792…639936.
+        let past = n(U512::from(U256::MAX) + U512::one());
+        assert_eq!(
+            (past.0, past.2[0], *past.2.last().expect("digits")),
+            (19, 11, 9936)
+        );
+        // 2^512 − 1: 155 digits, 134078…084095.
+        let max = n(U512::MAX);
+        assert_eq!(
+            (max.0, max.2.len(), max.2[0], *max.2.last().expect("digits")),
+            (38, 39, 134, 4095)
+        );
+        // Trailing zero groups are dropped: 10^100 = weight 25, one group of 1.
+        let ten = U512::from(10u64);
+        assert_eq!(n(ten.pow(U512::from(100u64))), (25, 0, vec![1]));
     }
 
     #[test]

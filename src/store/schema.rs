@@ -93,6 +93,7 @@ diesel::table! {
         triple_count -> Int8,
         total_position_count -> Int8,
         total_market_cap -> Numeric,
+        total_market_cap_sum -> Numeric,
     }
 }
 
@@ -174,6 +175,7 @@ diesel::table! {
         triple_count -> Int8,
         total_position_count -> Int8,
         total_market_cap -> Numeric,
+        total_market_cap_sum -> Numeric,
     }
 }
 
