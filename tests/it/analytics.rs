@@ -479,7 +479,7 @@ async fn migration_backfills_the_exact_pair_sums() {
     let mut conn = env.pg().await;
     // The schema as it was before the migration, with rows the old code wrote.
     conn.batch_execute(include_str!(
-        "../../migrations/2026-12-01-100000_pair_exact_totals/down.sql"
+        "../../migrations/2026-12-08-000002_pair_exact_totals/down.sql"
     ))
     .await
     .expect("down");
@@ -503,7 +503,7 @@ async fn migration_backfills_the_exact_pair_sums() {
     }
     conn.batch_execute(&sql).await.expect("old rows");
     conn.batch_execute(include_str!(
-        "../../migrations/2026-12-01-100000_pair_exact_totals/up.sql"
+        "../../migrations/2026-12-08-000002_pair_exact_totals/up.sql"
     ))
     .await
     .expect("up");

@@ -205,3 +205,49 @@ async fn a_writer_cut_from_its_database_is_fenced_after_the_takeover() {
     stop(b);
     env.assert_all_tables(&expected_tables(&text)).await;
 }
+
+/// A batch commit longer than `LEASE_TTL_MS` does not hand the lease away: the heartbeat it
+/// commits is the time of its commit (`clock_timestamp()`, fenced again as its last statement),
+/// so a standby whose takeover waited behind it finds a live writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_longer_than_the_lease_ttl_keeps_the_lease() {
+    use diesel_async::AsyncConnection;
+    use redis_postgres_sync::store::{self, lease};
+    let env = TestEnv::new("longcommit").await;
+    store::migrate(&env.database_url).await.expect("migrate");
+    let ttl = Duration::from_millis(500);
+    let mut writer = env.pg().await;
+    let held = lease::acquire(&mut writer, "g", "writer", ttl)
+        .await
+        .expect("acquire")
+        .expect("free lease");
+    let url = env.database_url.clone();
+    let standby = tokio::spawn(async move {
+        // Starts looking once the TTL has passed inside the writer's transaction, and waits
+        // behind it on the lease row.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+            .await
+            .expect("standby connection");
+        let started = Instant::now();
+        let got = lease::acquire(&mut conn, "g", "standby", ttl)
+            .await
+            .expect("acquire");
+        (got, started.elapsed())
+    });
+    writer
+        .transaction(async |conn| {
+            lease::fence(conn, &held).await?;
+            tokio::time::sleep(Duration::from_millis(2_000)).await;
+            lease::fence(conn, &held).await
+        })
+        .await
+        .expect("the long batch commits");
+    let (got, waited) = standby.await.expect("standby task");
+    eprintln!("lease: the standby's look waited {waited:?} behind the commit");
+    assert!(got.is_none(), "a live writer kept its lease: {got:?}");
+    // And the writer can still commit with its token.
+    lease::fence(&mut writer, &held)
+        .await
+        .expect("still the writer");
+}
