@@ -217,9 +217,23 @@ pub struct AnalyticsArgs {
     /// Retries of a failed database or Redis operation before the consumer restarts.
     #[arg(long, env = "MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub max_retries: u32,
+    /// Consecutive failures (of Postgres or Redis) before the consumer's circuit breaker opens.
+    #[arg(long, env = "CIRCUIT_BREAKER_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub circuit_breaker_threshold: u32,
+    /// How long the breaker stays open before one attempt is let through, in milliseconds.
+    #[arg(long, env = "CIRCUIT_BREAKER_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub circuit_breaker_timeout_ms: u64,
 }
 
 impl AnalyticsArgs {
+    /// Metrics and the analytics breaker, with this subcommand's breaker settings.
+    pub fn health(&self) -> crate::health::Health {
+        crate::health::Health::new(
+            self.circuit_breaker_threshold,
+            Duration::from_millis(self.circuit_breaker_timeout_ms),
+        )
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         validate_connections(&self.connections)?;
         self.analytics.validate()

@@ -87,6 +87,9 @@ async fn redis_ok(url: &str) -> bool {
 async fn health(State(s): State<Arc<HttpState>>) -> Response {
     let (pg, redis) = tokio::join!(postgres_ok(&s.database_url), redis_ok(&s.redis_url));
     let breaker = s.health.breaker_state();
+    // The analytics consumer's breaker is reported, but does not make the service unhealthy:
+    // the base tables keep being written while it waits.
+    let analytics_breaker = s.health.state_of(crate::health::Breaker::Analytics);
     let healthy = pg && redis && breaker != BreakerState::Open;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -97,6 +100,7 @@ async fn health(State(s): State<Arc<HttpState>>) -> Response {
         "redis_consumer_healthy": redis,
         "postgres_healthy": pg,
         "circuit_breaker_closed": breaker == BreakerState::Closed,
+        "analytics_circuit_breaker_closed": analytics_breaker == BreakerState::Closed,
         "last_check": now,
         "role": s.health.role().as_str(),
         "metrics": {
@@ -107,6 +111,7 @@ async fn health(State(s): State<Arc<HttpState>>) -> Response {
             "pipeline_restarts": s.sync.restarts.load(Ordering::Relaxed) + s.analytics.restarts.load(Ordering::Relaxed),
             "analytics_batches": s.analytics.batches.load(Ordering::Relaxed),
             "circuit_breaker_state": breaker.as_str(),
+            "analytics_circuit_breaker_state": analytics_breaker.as_str(),
         }
     });
     let status = if healthy {

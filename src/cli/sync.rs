@@ -70,12 +70,11 @@ pub async fn analytics(args: AnalyticsArgs) -> anyhow::Result<()> {
     );
     store::create_database_if_missing(&run.connections.database_url).await?;
     store::migrate(&run.connections.database_url).await?;
-    analytics::run(
-        run,
-        Arc::new(analytics::AnalyticsStats::default()),
-        shutdown,
-    )
-    .await?;
+    let stats = analytics::AnalyticsStats {
+        health: Arc::new(args.health()),
+        ..Default::default()
+    };
+    analytics::run(run, Arc::new(stats), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
