@@ -558,6 +558,7 @@ mod tests {
             items.join(",")
         );
         assert!(payload.len() > 850_000);
+        let started = Instant::now();
         let cut = prepare(
             &mut Shards::new(1),
             vec![entry("1-0", &payload)],
@@ -565,6 +566,11 @@ mod tests {
             Instant::now(),
             1 << 20,
             &Quarantine::default(),
+        );
+        eprintln!(
+            "prepare: {} bytes, 1,400 bad items dead-lettered in {:?}",
+            payload.len(),
+            started.elapsed()
         );
         let batch = cut.batch.expect("batch");
         assert_eq!(batch.new_events, 1);
