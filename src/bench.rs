@@ -120,6 +120,7 @@ pub struct SyncBenchOptions {
     /// Server URL without a database name, e.g. `postgres://postgres@127.0.0.1:5432`.
     pub postgres_server: String,
     pub redis_url: String,
+    pub redis_ca_cert: Option<std::path::PathBuf>,
     pub workers: u32,
     pub batch_size: u32,
     pub publish: PublishOptions,
@@ -166,7 +167,7 @@ pub async fn sync(
     let database_url = format!("{}/{name}", opts.postgres_server.trim_end_matches('/'));
     let input = format!("{name}:in");
     let term_updates = format!("{name}:term_updates");
-    let mut redis = stream::connect(&opts.redis_url).await?;
+    let mut redis = stream::connect(&opts.redis_url, opts.redis_ca_cert.as_deref()).await?;
     let text = std::fs::read_to_string(fixture)
         .with_context(|| format!("reading {}", fixture.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -184,6 +185,7 @@ pub async fn sync(
         connections: Connections {
             redis_url: opts.redis_url.clone(),
             database_url: database_url.clone(),
+            redis_ca_cert: opts.redis_ca_cert.clone(),
         },
         redis_streams: vec![input.clone()],
         consumer_group: crate::config::DEFAULT_CONSUMER_GROUP.into(),

@@ -17,6 +17,19 @@ pub const DEFAULT_INPUT_STREAM: &str = "rindexer_producer";
 pub const DEFAULT_CONSUMER_GROUP: &str = "postgres-sync";
 pub const DEFAULT_TERM_UPDATES_STREAM: &str = "term_updates";
 
+/// A setting the operator must fix, found while connecting (a certificate that does not verify, a
+/// root certificate file that cannot be read): the process stops with exit status 2 and this
+/// message, which names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(pub String);
+
+impl SettingError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 /// Connections and stream names shared by every subcommand that talks to Redis and Postgres.
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
@@ -28,9 +41,20 @@ pub struct Connections {
         hide_env_values = true
     )]
     pub redis_url: String,
-    /// PostgreSQL URL. The database is created if it does not exist.
+    /// PostgreSQL URL. The database is created if it does not exist. TLS as in libpq:
+    /// `?sslmode=disable|prefer|require|verify-ca|verify-full` (default prefer) and
+    /// `&sslrootcert=<PEM file>` (else the system's roots).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, hide_default_value = false)]
     pub database_url: String,
+    /// PEM file of an extra root certificate trusted for a `rediss://` REDIS_URL (a private CA).
+    #[arg(long, env = "REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<std::path::PathBuf>,
+}
+
+impl Connections {
+    pub fn redis_ca_cert(&self) -> Option<&std::path::Path> {
+        self.redis_ca_cert.as_deref()
+    }
 }
 
 /// The database alone, for subcommands that only read or rebuild Postgres (`replay`, `verify`).
@@ -256,10 +280,21 @@ impl AnalyticsArgs {
 
 pub fn validate_connections(c: &Connections) -> Result<(), String> {
     validate_database_url(&c.database_url)?;
-    if redis::Client::open(c.redis_url.as_str()).is_err() {
+    validate_redis(&c.redis_url, c.redis_ca_cert())
+}
+
+/// `REDIS_URL` and `REDIS_CA_CERT`: a valid URL, and a readable PEM file only with `rediss://`.
+pub fn validate_redis(url: &str, ca_cert: Option<&std::path::Path>) -> Result<(), String> {
+    if redis::Client::open(url).is_err() {
         return Err(
             "REDIS_URL: not a valid Redis URL (redis://host:port, rediss://… or unix://…)".into(),
         );
+    }
+    if let Some(path) = ca_cert {
+        if !url.starts_with("rediss://") {
+            return Err("REDIS_CA_CERT is set, but REDIS_URL is not a rediss:// (TLS) URL".into());
+        }
+        crate::tls::read_pem(path).map_err(|e| format!("REDIS_CA_CERT: {e}"))?;
     }
     Ok(())
 }
@@ -268,5 +303,5 @@ fn validate_database_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("DATABASE_URL: expected a postgres:// or postgresql:// URL".into());
     }
-    Ok(())
+    crate::store::connect::validate(url)
 }

@@ -12,7 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+
 use serde_json::json;
 
 use crate::analytics::{self, AnalyticsStats};
@@ -30,6 +30,7 @@ pub struct HttpState {
     pub analytics: Arc<AnalyticsStats>,
     pub database_url: String,
     pub redis_url: String,
+    pub redis_ca_cert: Option<std::path::PathBuf>,
     pub streams: Vec<String>,
     pub group: String,
     pub term_updates_stream: String,
@@ -61,7 +62,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 async fn postgres_ok(url: &str) -> bool {
     use diesel_async::RunQueryDsl;
     let check = async {
-        let mut conn = AsyncPgConnection::establish(url).await.ok()?;
+        let mut conn = crate::store::connect::connect(url).await.ok()?;
         diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
     };
     matches!(
@@ -70,9 +71,9 @@ async fn postgres_ok(url: &str) -> bool {
     )
 }
 
-async fn redis_ok(url: &str) -> bool {
+async fn redis_ok(url: &str, ca_cert: Option<&std::path::Path>) -> bool {
     let check = async {
-        let mut conn = stream::connect(url).await.ok()?;
+        let mut conn = stream::connect(url, ca_cert).await.ok()?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
@@ -85,7 +86,10 @@ async fn redis_ok(url: &str) -> bool {
 }
 
 async fn health(State(s): State<Arc<HttpState>>) -> Response {
-    let (pg, redis) = tokio::join!(postgres_ok(&s.database_url), redis_ok(&s.redis_url));
+    let (pg, redis) = tokio::join!(
+        postgres_ok(&s.database_url),
+        redis_ok(&s.redis_url, s.redis_ca_cert.as_deref())
+    );
     let breaker = s.health.breaker_state();
     // The analytics consumer's breaker is reported, but does not make the service unhealthy:
     // the base tables keep being written while it waits.
@@ -135,7 +139,9 @@ async fn ready(State(s): State<Arc<HttpState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
     let refresh = async {
-        let mut conn = stream::connect(&s.redis_url).await.ok()?;
+        let mut conn = stream::connect(&s.redis_url, s.redis_ca_cert.as_deref())
+            .await
+            .ok()?;
         for name in &s.streams {
             if let Ok(lag) = analytics::lag(&mut conn, name, &s.group).await {
                 let labels = StreamLabels {

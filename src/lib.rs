@@ -16,4 +16,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod verify;

@@ -20,7 +20,15 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A setting the operator must fix (found while connecting): exit 2, like an invalid
+            // value caught at start.
+            if e.chain()
+                .any(|c| c.is::<redis_postgres_sync::config::SettingError>())
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -146,7 +146,7 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let pool = store::pool(&run.connections.database_url, 1).await?;
     let group = run.settings.group();
-    let conn = stream::connect(&run.connections.redis_url).await?;
+    let conn = stream::connect(&run.connections.redis_url, run.connections.redis_ca_cert()).await?;
     let acker = conn.clone();
     let mut reader = GroupReader::new(
         conn,

@@ -37,6 +37,9 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// PEM file of an extra root certificate for a `rediss://` REDIS_URL.
+    #[arg(long, env = "REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<std::path::PathBuf>,
     /// WORKERS of the service under test.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
@@ -101,6 +104,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let opts = SyncBenchOptions {
                 postgres_server: args.postgres.clone(),
                 redis_url: args.redis_url.clone(),
+                redis_ca_cert: args.redis_ca_cert.clone(),
                 workers: args.workers,
                 batch_size: args.batch_size,
                 publish: PublishOptions {

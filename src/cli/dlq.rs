@@ -17,6 +17,9 @@ pub struct DlqArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// PEM file of an extra root certificate for a `rediss://` REDIS_URL.
+    #[arg(long, env = "REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<std::path::PathBuf>,
     /// The input stream whose dead letters to use (its dead-letter stream is `<stream>:dlq`).
     #[arg(
         long,
@@ -106,7 +109,7 @@ fn cut(s: &str, n: usize) -> String {
 }
 
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let mut conn = stream::connect(&args.redis_url).await?;
+    let mut conn = stream::connect(&args.redis_url, args.redis_ca_cert.as_deref()).await?;
     for source in &args.stream {
         let dlq = dlq_stream(source);
         match &args.action {

@@ -25,6 +25,9 @@ pub struct PublishArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// PEM file of an extra root certificate for a `rediss://` REDIS_URL.
+    #[arg(long, env = "REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<std::path::PathBuf>,
     /// Publish the entries in a random (seeded) order.
     #[arg(long)]
     pub shuffle: bool,
@@ -52,7 +55,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         duplicate_share: args.duplicate_share,
         seed: args.seed,
     };
-    let mut conn = stream::connect(&args.redis_url).await?;
+    let mut conn = stream::connect(&args.redis_url, args.redis_ca_cert.as_deref()).await?;
     let bar = ProgressBar::new(lines.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} entries {per_sec} eta {eta}")

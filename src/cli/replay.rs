@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+
 use indicatif::{ProgressBar, ProgressStyle};
 
 use redis_postgres_sync::config::DatabaseArgs;
@@ -22,9 +22,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     if !applied.is_empty() {
         eprintln!("applied migration(s) {}", applied.join(", "));
     }
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .with_context(|| format!("connecting to {}", store::redact(url)))?;
+    let mut conn = store::connect::connect(url).await?;
     let started = std::time::Instant::now();
     let mut bar = StepBar::new();
     let rebuilt = store::rebuild::replay(&mut conn, &mut |step| bar.update(step)).await;

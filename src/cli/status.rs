@@ -5,14 +5,14 @@ use anyhow::Context;
 use clap::Args;
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
 use serde_json::json;
 
 use redis_postgres_sync::analytics;
 use redis_postgres_sync::config::Connections;
 use redis_postgres_sync::ingest::stream::{self, dlq_stream};
-use redis_postgres_sync::store::redact;
+use redis_postgres_sync::store;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -59,7 +59,11 @@ struct Count {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let mut redis = stream::connect(&args.connections.redis_url).await?;
+    let mut redis = stream::connect(
+        &args.connections.redis_url,
+        args.connections.redis_ca_cert(),
+    )
+    .await?;
     let mut streams = Vec::new();
     for s in &args.redis_streams {
         let lag = analytics::lag(&mut redis, s, &args.consumer_group).await?;
@@ -68,9 +72,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     let analytics_group = format!("analytics{}", args.consumer_group_suffix);
     let a = analytics::lag(&mut redis, &args.term_updates_stream, &analytics_group).await?;
-    let mut conn = AsyncPgConnection::establish(&args.connections.database_url)
-        .await
-        .with_context(|| format!("connecting to {}", redact(&args.connections.database_url)))?;
+    let mut conn = store::connect::connect(&args.connections.database_url).await?;
     let progress: Vec<ProgressRow> = diesel::sql_query(
         "SELECT stream, last_entry_id, entries_total, updated_at::text AS updated_at FROM sync_progress WHERE consumer_group = $1 ORDER BY stream",
     )

@@ -40,6 +40,7 @@ pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
             analytics: analytics_stats.clone(),
             database_url: settings.connections.database_url.clone(),
             redis_url: settings.connections.redis_url.clone(),
+            redis_ca_cert: settings.connections.redis_ca_cert.clone(),
             streams: settings.redis_streams.clone(),
             group: settings.consumer_group.clone(),
             term_updates_stream: settings.analytics.term_updates_stream.clone(),
@@ -70,6 +71,7 @@ pub async fn analytics(args: AnalyticsArgs) -> anyhow::Result<()> {
     );
     store::create_database_if_missing(&run.connections.database_url).await?;
     store::migrate(&run.connections.database_url).await?;
+    sync::check_redis(&run.connections).await?;
     let stats = analytics::AnalyticsStats {
         health: Arc::new(args.health()),
         ..Default::default()

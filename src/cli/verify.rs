@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::builder::PossibleValuesParser;
 use clap::Args;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use redis_postgres_sync::config::DatabaseArgs;
 use redis_postgres_sync::store::{self, load::DERIVED};
@@ -31,9 +30,7 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let url = &args.database.database_url;
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .with_context(|| format!("connecting to {}", store::redact(url)))?;
+    let mut conn = store::connect::connect(url).await?;
     let only: Vec<&str> = args.tables.iter().map(String::as_str).collect();
     let mut bar = StepBar::new();
     let report = verify(&mut conn, &only, args.examples, &mut |step| {

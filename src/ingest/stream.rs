@@ -3,6 +3,7 @@
 //! and publishing term updates.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -46,16 +47,68 @@ pub fn dlq_stream(stream: &str) -> String {
 }
 
 /// Opens a multiplexed connection with no response timeout (blocking reads wait longer than the
-/// client's default 500 ms).
-pub async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
-    let client = Client::open(url).context("invalid REDIS_URL")?;
+/// client's default 500 ms). A `rediss://` URL is TLS, certificates verified against the system's
+/// roots plus `ca_cert` (`REDIS_CA_CERT`); a certificate that does not verify is a
+/// [`SettingError`](crate::config::SettingError) naming `REDIS_URL`.
+pub async fn connect(url: &str, ca_cert: Option<&Path>) -> anyhow::Result<MultiplexedConnection> {
+    let client = client(url, ca_cert)?;
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(None)
         .set_connection_timeout(Some(Duration::from_secs(5)));
-    client
+    match client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .context("connecting to Redis")
+    {
+        Ok(conn) => Ok(conn),
+        Err(e) => match crate::tls::certificate_problem(&e) {
+            Some(why) => Err(crate::config::SettingError::new(format!(
+                "REDIS_URL: the server's TLS certificate did not verify ({why}){}",
+                if ca_cert.is_none() {
+                    "; for a private CA, set REDIS_CA_CERT to its PEM file"
+                } else {
+                    ""
+                }
+            ))
+            .into()),
+            None => Err(anyhow::Error::new(e).context("connecting to Redis")),
+        },
+    }
+}
+
+/// The client for `url`: plain, or TLS with the system's roots and `ca_cert`.
+pub fn client(url: &str, ca_cert: Option<&Path>) -> anyhow::Result<Client> {
+    let tls = url.starts_with("rediss://");
+    match (tls, ca_cert) {
+        (false, Some(_)) => Err(crate::config::SettingError::new(
+            "REDIS_CA_CERT is set, but REDIS_URL is not a rediss:// (TLS) URL",
+        )
+        .into()),
+        (false, None) | (true, None) => {
+            if tls {
+                crate::tls::provider();
+            }
+            Client::open(url).context("invalid REDIS_URL")
+        }
+        (true, Some(path)) => {
+            crate::tls::provider();
+            crate::tls::read_pem(path)
+                .map_err(|e| crate::config::SettingError::new(format!("REDIS_CA_CERT: {e}")))?;
+            let extra = std::fs::read(path)
+                .map_err(|e| crate::config::SettingError::new(format!("REDIS_CA_CERT: {e}")))?;
+            // The system's roots and the extra one; the extra one alone if the system's bundle
+            // holds a certificate rustls cannot use as a root.
+            let mut bundle = crate::tls::system_roots_pem().unwrap_or_default();
+            bundle.extend_from_slice(b"\n");
+            bundle.extend_from_slice(&extra);
+            let certs = |root_cert| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            Client::build_with_tls(url, certs(bundle))
+                .or_else(|_| Client::build_with_tls(url, certs(extra)))
+                .context("REDIS_URL with REDIS_CA_CERT")
+        }
+    }
 }
 
 /// A consumer in a group over several streams.

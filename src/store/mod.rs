@@ -6,6 +6,7 @@
 //! commit with its data or not at all.
 
 pub mod analytics;
+pub mod connect;
 pub mod dead_letters;
 pub mod failure;
 pub mod lease;
@@ -22,7 +23,7 @@ use anyhow::Context;
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::bb8::Pool as Bb8Pool;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
@@ -70,19 +71,15 @@ fn database_of(url: &str, other: &str) -> Option<(String, String)> {
 /// Creates the database named in `url` if it does not exist (connecting to `postgres` to do
 /// so), so the default settings work on a fresh machine.
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
-    match AsyncPgConnection::establish(url).await {
+    match connect::connect(url).await {
         Ok(_) => Ok(()),
-        Err(e) if e.to_string().contains("does not exist") => {
+        Err(e) if e.downcast_ref::<crate::config::SettingError>().is_some() => Err(e),
+        Err(e) if format!("{e:#}").contains("does not exist") => {
             let (name, admin_url) =
                 database_of(url, "postgres").context("DATABASE_URL names no database")?;
-            let mut admin = AsyncPgConnection::establish(&admin_url)
+            let mut admin = connect::connect(&admin_url)
                 .await
-                .with_context(|| {
-                    format!(
-                        "connecting to {} to create database {name}",
-                        redact(&admin_url)
-                    )
-                })?;
+                .with_context(|| format!("connecting to the server to create database {name}"))?;
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
             match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
                 .execute(&mut admin)
@@ -95,13 +92,15 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Err(e) => Err(e).with_context(|| format!("connecting to {}", redact(url))),
+        Err(e) => Err(e),
     }
 }
 
 /// A pool of `size` connections to `url`.
 pub async fn pool(url: &str, size: u32) -> anyhow::Result<Pool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(connect::setup);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Bb8Pool::builder()
         .max_size(size)
         .connection_timeout(Duration::from_secs(10))
@@ -116,9 +115,7 @@ const MIGRATION_LOCK: i64 = 7_310_411_862_190_233_170;
 /// Runs pending migrations; returns the versions applied. Processes that start together take
 /// turns (a session advisory lock), so a fresh database is migrated once.
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
+    let mut conn = connect::connect(url).await?;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK)
         .execute(&mut conn)

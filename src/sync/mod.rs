@@ -106,6 +106,7 @@ pub async fn service(
     let url = &settings.connections.database_url;
     store::create_database_if_missing(url).await?;
     store::migrate(url).await?;
+    check_redis(&settings.connections).await?;
     let stop_rx = crate::health::stop_flag(shutdown);
     let stopped = crate::health::stopped;
     let analytics = (!settings.no_analytics).then(|| {
@@ -122,6 +123,22 @@ pub async fn service(
         None => Ok(()),
     };
     synced.and(analysed)
+}
+
+/// Connects to Redis once at start: a TLS certificate that does not verify stops the process
+/// (a setting to fix); Redis being down does not (the pipeline retries).
+pub async fn check_redis(connections: &crate::config::Connections) -> anyhow::Result<()> {
+    match stream::connect(&connections.redis_url, connections.redis_ca_cert()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is::<crate::config::SettingError>() => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "Redis is not reachable yet; retrying"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Runs the base sync until `shutdown` resolves; the batch in flight then commits (or is abandoned
@@ -246,7 +263,11 @@ async fn pipeline(
             "state rebuilt from the event log"
         );
     }
-    let mut redis_out = stream::connect(&settings.connections.redis_url).await?;
+    let mut redis_out = stream::connect(
+        &settings.connections.redis_url,
+        settings.connections.redis_ca_cert(),
+    )
+    .await?;
     republish_outbox(
         &pool,
         &mut redis_out,
@@ -254,7 +275,11 @@ async fn pipeline(
     )
     .await?;
 
-    let reader_conn = stream::connect(&settings.connections.redis_url).await?;
+    let reader_conn = stream::connect(
+        &settings.connections.redis_url,
+        settings.connections.redis_ca_cert(),
+    )
+    .await?;
     let mut reader = GroupReader::new(
         reader_conn,
         settings.redis_streams.clone(),

@@ -11,3 +11,4 @@ mod replay_verify;
 mod support;
 mod sync;
 mod tidy;
+mod tls;

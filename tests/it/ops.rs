@@ -179,6 +179,7 @@ async fn postgres_outage_opens_the_breaker_and_work_resumes_with_nothing_lost() 
         analytics: analytics.clone(),
         database_url: settings.connections.database_url.clone(),
         redis_url: REDIS.to_owned(),
+        redis_ca_cert: None,
         streams: settings.redis_streams.clone(),
         group: settings.consumer_group.clone(),
         term_updates_stream: env.term_updates.clone(),

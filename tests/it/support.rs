@@ -68,6 +68,7 @@ impl TestEnv {
             connections: Connections {
                 redis_url: REDIS.to_owned(),
                 database_url: self.database_url.clone(),
+                redis_ca_cert: None,
             },
             redis_streams: vec![self.stream.clone()],
             consumer_group: self.group.clone(),
@@ -106,7 +107,7 @@ impl TestEnv {
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        stream::connect(REDIS).await.expect("redis is up")
+        stream::connect(REDIS, None).await.expect("redis is up")
     }
 
     pub async fn publish(&self, lines: &[&str], opts: &PublishOptions) -> usize {
@@ -209,7 +210,7 @@ impl Drop for TestEnv {
                             .execute(&mut admin)
                             .await;
                 }
-                if let Ok(mut r) = stream::connect(REDIS).await {
+                if let Ok(mut r) = stream::connect(REDIS, None).await {
                     let _: Result<(), _> = r.del(&streams[..]).await;
                 }
             });
@@ -219,7 +220,7 @@ impl Drop for TestEnv {
 }
 
 pub async fn wait_group_drained(stream_name: &str, group: &str, timeout: Duration) {
-    let mut conn = stream::connect(REDIS).await.expect("redis");
+    let mut conn = stream::connect(REDIS, None).await.expect("redis");
     let deadline = Instant::now() + timeout;
     loop {
         let info: redis::streams::StreamInfoGroupsReply =
