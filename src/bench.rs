@@ -182,6 +182,7 @@ pub async fn sync(
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 
     let settings = SyncSettings {
+        input_retention: crate::config::InputRetention::Keep,
         connections: Connections {
             redis_url: opts.redis_url.clone(),
             database_url: database_url.clone(),

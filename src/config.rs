@@ -71,6 +71,15 @@ impl DatabaseArgs {
     }
 }
 
+/// What happens to input entries once every consumer group on the stream has acknowledged them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputRetention {
+    /// Leave them (other readers may need them; trim the stream yourself).
+    Keep,
+    /// Trim them (`XTRIM … MINID`) shortly after they are acknowledged.
+    Acked,
+}
+
 /// Settings of the `sync` service.
 #[derive(Debug, Clone, Args)]
 pub struct SyncSettings {
@@ -117,6 +126,10 @@ pub struct SyncSettings {
     pub lease_ttl_ms: u64,
     #[command(flatten)]
     pub analytics: AnalyticsSettings,
+    /// Input entries every consumer group on the stream has acknowledged: `keep` them, or trim
+    /// them (`acked`). TERM_UPDATES_STREAM is always trimmed that way: it is ours.
+    #[arg(long, env = "INPUT_RETENTION", value_enum, default_value = "keep")]
+    pub input_retention: InputRetention,
     /// Do not run the analytics consumer in this process (run `analytics` separately).
     #[arg(long, env = "NO_ANALYTICS")]
     pub no_analytics: bool,

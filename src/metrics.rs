@@ -43,6 +43,7 @@ pub struct Metrics {
     pub analytics_circuit_breaker_state: Gauge,
     pub consumer_lag_entries: Family<StreamLabels, Gauge>,
     pub consumer_pending_entries: Family<StreamLabels, Gauge>,
+    pub stream_trimmed_entries: Family<StreamLabels, Counter>,
     pub analytics_lag_entries: Gauge,
     pub analytics_lag_seconds: Gauge<f64, AtomicU64>,
     pub analytics_rows_written: Counter,
@@ -70,6 +71,7 @@ impl Default for Metrics {
             analytics_circuit_breaker_state: Gauge::default(),
             consumer_lag_entries: Family::default(),
             consumer_pending_entries: Family::default(),
+            stream_trimmed_entries: Family::default(),
             analytics_lag_entries: Gauge::default(),
             analytics_lag_seconds: Gauge::default(),
             analytics_rows_written: Counter::default(),
@@ -139,6 +141,11 @@ impl Default for Metrics {
             "consumer_lag_entries",
             "Entries of an input stream not yet delivered to the consumer group",
             m.consumer_lag_entries.clone(),
+        );
+        registry.register(
+            "stream_trimmed_entries",
+            "Entries trimmed from a stream once every consumer group on it had acknowledged them",
+            m.stream_trimmed_entries.clone(),
         );
         registry.register(
             "consumer_pending_entries",

@@ -203,6 +203,26 @@ async fn consume(
             async move { stream::ack(&mut c, group, acks).await }
         })
         .await?;
+        // term_updates is ours: what every group on it acknowledged goes at once (a failure is
+        // not fatal; the next batch trims it).
+        let mut trimmer = acker.clone();
+        match stream::trim_acknowledged(&mut trimmer, &run.settings.term_updates_stream).await {
+            Ok(0) => {}
+            Ok(n) => {
+                stats
+                    .health
+                    .metrics
+                    .stream_trimmed_entries
+                    .get_or_create(&crate::metrics::StreamLabels {
+                        stream: run.settings.term_updates_stream.clone(),
+                    })
+                    .inc_by(n);
+            }
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot trim the term_updates stream"
+            ),
+        }
         stats
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);

@@ -36,6 +36,9 @@ pub struct StatusArgs {
     #[arg(long, env = "CONSUMER_GROUP_SUFFIX", default_value = "")]
     pub consumer_group_suffix: String,
     /// Print JSON instead of a table.
+    /// Input retention of the running sync (shown, not applied).
+    #[arg(long, env = "INPUT_RETENTION", value_enum, default_value = "keep")]
+    pub input_retention: redis_postgres_sync::config::InputRetention,
     #[arg(long)]
     pub json: bool,
 }
@@ -68,10 +71,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     for s in &args.redis_streams {
         let lag = analytics::lag(&mut redis, s, &args.consumer_group).await?;
         let dead: usize = redis.xlen(dlq_stream(s)).await.unwrap_or(0);
-        streams.push(json!({"stream": s, "undelivered": lag.undelivered, "pending": lag.pending, "oldest_unacked_seconds": lag.seconds, "dead_letters": dead}));
+        let length: usize = redis.xlen(s).await.unwrap_or(0);
+        streams.push(json!({"stream": s, "length": length, "undelivered": lag.undelivered, "pending": lag.pending, "oldest_unacked_seconds": lag.seconds, "dead_letters": dead}));
     }
     let analytics_group = format!("analytics{}", args.consumer_group_suffix);
     let a = analytics::lag(&mut redis, &args.term_updates_stream, &analytics_group).await?;
+    let term_updates_length: usize = redis.xlen(&args.term_updates_stream).await.unwrap_or(0);
+    let input_retention = match args.input_retention {
+        redis_postgres_sync::config::InputRetention::Keep => "keep",
+        redis_postgres_sync::config::InputRetention::Acked => "acked",
+    };
     let mut conn = store::connect::connect(&args.connections.database_url).await?;
     let progress: Vec<ProgressRow> = diesel::sql_query(
         "SELECT stream, last_entry_id, entries_total, updated_at::text AS updated_at FROM sync_progress WHERE consumer_group = $1 ORDER BY stream",
@@ -86,7 +95,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .context("reading term_update_outbox")?;
     let report = json!({
         "streams": streams,
-        "analytics": {"stream": args.term_updates_stream, "group": analytics_group, "undelivered": a.undelivered, "pending": a.pending, "oldest_unacked_seconds": a.seconds},
+        "retention": {"input": input_retention, "term_updates": "acked", "dead_letters": "keep"},
+        "analytics": {"stream": args.term_updates_stream, "group": analytics_group, "length": term_updates_length, "undelivered": a.undelivered, "pending": a.pending, "oldest_unacked_seconds": a.seconds},
         "unpublished_term_update_batches": outbox.n,
         "progress": progress.iter().map(|p| json!({"stream": p.stream, "last_entry_id": p.last_entry_id, "entries_total": p.entries_total, "updated_at": p.updated_at})).collect::<Vec<_>>(),
     });
@@ -94,15 +104,19 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("input (group {})", args.consumer_group);
     println!(
-        "  {:<32} {:>12} {:>10} {:>14} {:>12}",
-        "stream", "undelivered", "pending", "oldest unacked", "dead letters"
+        "input (group {}, retention {input_retention})",
+        args.consumer_group
+    );
+    println!(
+        "  {:<32} {:>10} {:>12} {:>10} {:>14} {:>12}",
+        "stream", "length", "undelivered", "pending", "oldest unacked", "dead letters"
     );
     for s in &streams {
         println!(
-            "  {:<32} {:>12} {:>10} {:>13.1}s {:>12}",
+            "  {:<32} {:>10} {:>12} {:>10} {:>13.1}s {:>12}",
             s["stream"].as_str().unwrap_or(""),
+            s["length"].as_u64().unwrap_or(0),
             s["undelivered"].as_u64().unwrap_or(0),
             s["pending"].as_u64().unwrap_or(0),
             s["oldest_unacked_seconds"].as_f64().unwrap_or(0.0),
@@ -110,11 +124,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "analytics (stream {}, group {analytics_group})",
+        "analytics (stream {}, group {analytics_group}, acknowledged entries trimmed)",
         args.term_updates_stream
     );
     println!(
-        "  undelivered {}  pending {}  oldest unacked {:.1}s  unpublished batches {}",
+        "  length {term_updates_length}  undelivered {}  pending {}  oldest unacked {:.1}s  unpublished batches {}",
         a.undelivered, a.pending, a.seconds, outbox.n
     );
     println!("last committed progress");

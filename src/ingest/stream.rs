@@ -477,3 +477,111 @@ pub async fn publish_term_updates(
         .await
         .with_context(|| format!("publishing to stream {stream}"))
 }
+
+/// `ms-seq` as numbers.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The first id every consumer group on a stream still needs: the oldest entry one of them has
+/// not acknowledged — its oldest pending entry, or the first after the last it was delivered
+/// (a group that never read needs everything). `None` when the stream has no group.
+pub fn first_needed(groups: &[(String, u64, Option<String>)]) -> Option<(u64, u64)> {
+    groups
+        .iter()
+        .map(|(last_delivered, _pending, oldest_pending)| {
+            let after_delivered = parse_id(last_delivered)
+                .map(|(ms, seq)| match seq.checked_add(1) {
+                    Some(s) => (ms, s),
+                    None => (ms + 1, 0),
+                })
+                .unwrap_or((0, 0));
+            match oldest_pending.as_deref().and_then(parse_id) {
+                Some(p) => p.min(after_delivered),
+                None => after_delivered,
+            }
+        })
+        .min()
+}
+
+/// Trims the entries of `stream_name` that every consumer group on it has acknowledged
+/// (`XTRIM … MINID`); returns how many were removed. Never an entry some group has not
+/// acknowledged or not yet read; nothing when the stream has no group.
+pub async fn trim_acknowledged(
+    conn: &mut MultiplexedConnection,
+    stream_name: &str,
+) -> anyhow::Result<u64> {
+    let info: redis::streams::StreamInfoGroupsReply = match conn.xinfo_groups(stream_name).await {
+        Ok(i) => i,
+        Err(e) if e.to_string().contains("no such key") => return Ok(0),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the groups of stream {stream_name}"))
+        }
+    };
+    let mut groups = Vec::with_capacity(info.groups.len());
+    for g in &info.groups {
+        let oldest_pending = if g.pending > 0 {
+            let summary: redis::streams::StreamPendingReply = conn
+                .xpending(stream_name, &g.name)
+                .await
+                .with_context(|| format!("XPENDING {stream_name} {}", g.name))?;
+            match summary {
+                redis::streams::StreamPendingReply::Data(d) => Some(d.start_id),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        groups.push((
+            g.last_delivered_id.clone(),
+            g.pending as u64,
+            oldest_pending,
+        ));
+    }
+    let Some((ms, seq)) = first_needed(&groups) else {
+        return Ok(0);
+    };
+    if (ms, seq) <= (0, 1) {
+        return Ok(0);
+    }
+    let removed: u64 = redis::cmd("XTRIM")
+        .arg(stream_name)
+        .arg("MINID")
+        .arg(format!("{ms}-{seq}"))
+        .query_async(conn)
+        .await
+        .with_context(|| format!("XTRIM {stream_name}"))?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_needed;
+
+    fn g(last: &str, pending: u64, oldest: Option<&str>) -> (String, u64, Option<String>) {
+        (last.to_owned(), pending, oldest.map(str::to_owned))
+    }
+
+    #[test]
+    fn the_first_entry_some_group_still_needs() {
+        assert_eq!(first_needed(&[]), None);
+        // Caught up: everything up to the last delivered entry can go.
+        assert_eq!(first_needed(&[g("5-2", 0, None)]), Some((5, 3)));
+        // A pending entry is kept, and everything after it.
+        assert_eq!(first_needed(&[g("9-0", 3, Some("4-1"))]), Some((4, 1)));
+        // A group that never read keeps everything.
+        assert_eq!(
+            first_needed(&[g("9-0", 0, None), g("0-0", 0, None)]),
+            Some((0, 1))
+        );
+        assert_eq!(
+            first_needed(&[g("7-0", 0, None), g("6-5", 1, Some("6-5"))]),
+            Some((6, 5))
+        );
+        assert_eq!(
+            first_needed(&[g("3-18446744073709551615", 0, None)]),
+            Some((4, 0))
+        );
+    }
+}

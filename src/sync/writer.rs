@@ -24,10 +24,14 @@ use tokio::sync::mpsc;
 
 use super::prepare::{note_progress, EntryKey, Prepared, Quarantine, ReorgWork};
 use super::{with_retries, SyncStats};
+use crate::config::InputRetention;
 use crate::config::SyncSettings;
 use crate::domain::types::TxHash;
 use crate::ingest::stream::{self, DeadLetter, Entry};
-use crate::metrics::EventLabels;
+use crate::metrics::{EventLabels, StreamLabels};
+
+/// How often acknowledged input entries are trimmed while batches queue up.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::store::dead_letters::{self, WHOLE_ENTRY};
 use crate::store::failure;
 use crate::store::lease::Lease;
@@ -70,13 +74,46 @@ impl Writer {
     pub async fn run(self, mut rx: mpsc::Receiver<Work>) -> anyhow::Result<()> {
         // Dead letters recorded before a crash but not yet published.
         self.publish_dead_letters().await?;
+        let mut last_trim = Instant::now();
         while let Some(work) = rx.recv().await {
             match work {
                 Work::Batch(p) => self.write_batch(p).await?,
                 Work::Reorg(r) => self.apply_reorg(r).await?,
             }
+            // INPUT_RETENTION=acked: at most once a second while batches queue up, and whenever
+            // the writer has caught up with the reader.
+            if self.settings.input_retention == InputRetention::Acked
+                && (rx.is_empty() || last_trim.elapsed() >= TRIM_EVERY)
+            {
+                self.trim_inputs().await;
+                last_trim = Instant::now();
+            }
         }
         Ok(())
+    }
+
+    /// Trims acknowledged entries of the input streams. A failure is logged, not fatal: the next
+    /// trim catches up.
+    async fn trim_inputs(&self) {
+        for name in &self.settings.redis_streams {
+            let mut redis = self.redis.clone();
+            match stream::trim_acknowledged(&mut redis, name).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.stats
+                        .health
+                        .metrics
+                        .stream_trimmed_entries
+                        .get_or_create(&StreamLabels {
+                            stream: name.clone(),
+                        })
+                        .inc_by(n);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %name, error = format!("{e:#}"), "cannot trim the input stream")
+                }
+            }
+        }
     }
 
     /// Commits a batch, publishes its term updates and dead letters, acknowledges it.

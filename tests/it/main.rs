@@ -8,6 +8,7 @@ mod lease;
 mod ops;
 mod reorg;
 mod replay_verify;
+mod retention;
 mod support;
 mod sync;
 mod tidy;
