@@ -15,8 +15,9 @@ async fn recorded_fixture_gives_the_fold_row_by_row() {
     let lines = fixture_lines(SMALL_FIXTURE);
     env.publish(&lines, &PublishOptions::default()).await;
     let sync = InProcess::start(env.settings(4, 100));
-    env.wait_drained(Duration::from_secs(120)).await;
+    env.wait_all_drained(Duration::from_secs(120)).await;
     let stats = sync.stats.clone();
+    let analysed = sync.analytics.entries.load(std::sync::atomic::Ordering::Relaxed);
     sync.stop().await;
     let events = events_of(SMALL_FIXTURE);
     env.assert_base_tables(&expected_tables(SMALL_FIXTURE))
@@ -43,11 +44,8 @@ async fn recorded_fixture_gives_the_fold_row_by_row() {
         0,
         "outbox drained"
     );
-    let mut redis = env.redis().await;
-    let published: usize = redis::AsyncCommands::xlen(&mut redis, &env.term_updates)
-        .await
-        .expect("xlen");
-    assert!(published > 0, "changed terms were published");
+    // term_updates is trimmed once acknowledged: count what analytics consumed.
+    assert!(analysed > 0, "changed terms were published");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
