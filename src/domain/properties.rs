@@ -165,6 +165,15 @@ pub(crate) fn with_conflicts(events: &[Event], pairs: &[(Index, Index)]) -> Vec<
     out
 }
 
+/// The first delivery of each identity, in delivery order: what the tables are the fold of.
+pub(crate) fn first_accepted(delivered: &[Event]) -> Vec<&Event> {
+    let mut first = std::collections::HashSet::new();
+    delivered
+        .iter()
+        .filter(|e| first.insert((e.meta.transaction_hash, e.meta.log_index)))
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -207,12 +216,7 @@ proptest! {
         let all = with_conflicts(&tiny_events(&specs), &pairs);
         let order = shuffled_with_duplicates(all.len(), &shuffle, &[]);
         let delivered: Vec<Event> = order.iter().map(|&i| all[i].clone()).collect();
-        let mut first = std::collections::HashSet::new();
-        let accepted: Vec<&Event> = delivered
-            .iter()
-            .filter(|e| first.insert((e.meta.transaction_hash, e.meta.log_index)))
-            .collect();
-        let expected = fold(accepted).tables();
+        let expected = fold(first_accepted(&delivered)).tables();
         let identity: Vec<usize> = (0..delivered.len()).collect();
         let got = apply_in_order(&delivered, &identity, batch);
         prop_assert!(got == expected, "tables differ: {:?}", got.differing_tables(&expected));

@@ -91,6 +91,11 @@ pub fn pg_numeric(v: &U256) -> PgNumeric {
             x = q;
         }
     }
+    from_groups(groups)
+}
+
+/// Base-10000 digit groups, least significant first, as a positive integral NUMERIC.
+fn from_groups(mut groups: Vec<i16>) -> PgNumeric {
     let weight = groups.len() as i16 - 1;
     groups.reverse();
     while groups.last() == Some(&0) {
@@ -118,16 +123,7 @@ pub fn pg_numeric_u512(v: &U512) -> PgNumeric {
         groups.push(r.low_u64() as i16);
         x = q;
     }
-    let weight = groups.len() as i16 - 1;
-    groups.reverse();
-    while groups.last() == Some(&0) {
-        groups.pop();
-    }
-    PgNumeric::Positive {
-        weight: weight.max(0),
-        scale: 0,
-        digits: groups,
-    }
+    from_groups(groups)
 }
 
 /// Unix seconds as a Postgres timestamp (microseconds since 2000-01-01T00:00:00Z).

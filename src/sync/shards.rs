@@ -249,7 +249,7 @@ const TABLE_ORDER: [&str; 11] = [
 mod tests {
     use super::*;
     use crate::domain::properties::{
-        shuffled_with_duplicates, tiny_event, tiny_events, with_conflicts,
+        first_accepted, shuffled_with_duplicates, tiny_event, tiny_events, with_conflicts,
     };
     use crate::domain::{fold, Tables};
     use crate::fixture::read_events;
@@ -286,11 +286,7 @@ mod tests {
             let all = with_conflicts(&tiny_events(&specs), &pairs);
             let order = shuffled_with_duplicates(all.len(), &shuffle, &dups);
             let delivered: Vec<Event> = order.iter().map(|&i| all[i].clone()).collect();
-            let mut first = std::collections::HashSet::new();
-            let accepted: Vec<&Event> = delivered
-                .iter()
-                .filter(|e| first.insert((e.meta.transaction_hash, e.meta.log_index)))
-                .collect();
+            let accepted = first_accepted(&delivered);
             let expected = base(fold(accepted.iter().copied()).tables());
             let mut shards = Shards::new(workers);
             let (mut new, mut repeated) = (0, 0);

@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use redis_postgres_sync::domain::{fold, Event, Tables};
 use redis_postgres_sync::ingest::publish::PublishOptions;
 use redis_postgres_sync::ingest::stream::dlq_stream;
-use redis_postgres_sync::store::{self, load};
+use redis_postgres_sync::store;
 use redis_postgres_sync::verify::verify;
 use serde_json::{json, Value};
 
@@ -65,31 +65,7 @@ fn first_accepted(lines: &[String]) -> Vec<Event> {
 
 /// Every derived table of `only` equals `expected` (empty tables allowed).
 async fn assert_equal(env: &TestEnv, expected: &Tables, only: &[&str]) {
-    let mut conn = env.pg().await;
-    let diffs = load::compare(&mut conn, expected, only)
-        .await
-        .expect("compare");
-    let bad: Vec<String> = diffs
-        .iter()
-        .filter(|d| !d.is_clean())
-        .map(|d| {
-            format!(
-                "{}: {} missing {:?}, {} extra {:?}, {} differing {:?}",
-                d.table,
-                d.missing.len(),
-                d.missing.first(),
-                d.extra.len(),
-                d.extra.first(),
-                d.differing.len(),
-                d.differing.first()
-            )
-        })
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "tables differ from the fold:\n{}",
-        bad.join("\n")
-    );
+    env.assert_tables_equal(expected, only).await;
 }
 
 async fn assert_verify_clean(env: &TestEnv) {

@@ -136,6 +136,23 @@ impl TestEnv {
     }
 
     pub async fn assert_tables(&self, expected: &Tables, only: &[&str]) {
+        let diffs = self.assert_tables_equal(expected, only).await;
+        assert!(
+            diffs.iter().all(|d| d.checked > 0),
+            "some table is empty: {:?}",
+            diffs
+                .iter()
+                .map(|d| (d.table, d.checked))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Like [`assert_tables`](Self::assert_tables), empty tables allowed; returns the diffs.
+    pub async fn assert_tables_equal(
+        &self,
+        expected: &Tables,
+        only: &[&str],
+    ) -> Vec<load::TableDiff> {
         let mut conn = self.pg().await;
         let diffs = load::compare(&mut conn, expected, only)
             .await
@@ -162,14 +179,7 @@ impl TestEnv {
             "tables differ from the pure fold:\n{}",
             bad.join("\n")
         );
-        assert!(
-            diffs.iter().all(|d| d.checked > 0),
-            "some table is empty: {:?}",
-            diffs
-                .iter()
-                .map(|d| (d.table, d.checked))
-                .collect::<Vec<_>>()
-        );
+        diffs
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

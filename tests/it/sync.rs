@@ -17,7 +17,10 @@ async fn recorded_fixture_gives_the_fold_row_by_row() {
     let sync = InProcess::start(env.settings(4, 100));
     env.wait_all_drained(Duration::from_secs(120)).await;
     let stats = sync.stats.clone();
-    let analysed = sync.analytics.entries.load(std::sync::atomic::Ordering::Relaxed);
+    let analysed = sync
+        .analytics
+        .entries
+        .load(std::sync::atomic::Ordering::Relaxed);
     sync.stop().await;
     let events = events_of(SMALL_FIXTURE);
     env.assert_base_tables(&expected_tables(SMALL_FIXTURE))
