@@ -164,7 +164,7 @@ pub async fn sync(
 ) -> anyhow::Result<SyncReport> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let name = format!("rps_bench_{}", &id[..12]);
-    let database_url = format!("{}/{name}", opts.postgres_server.trim_end_matches('/'));
+    let database_url = store::connect::with_database(&opts.postgres_server, &name);
     let input = format!("{name}:in");
     let term_updates = format!("{name}:term_updates");
     let mut redis = stream::connect(&opts.redis_url, opts.redis_ca_cert.as_deref()).await?;
@@ -407,15 +407,7 @@ async fn copy_rate(database_url: &str) -> anyhow::Result<(u64, f64)> {
 }
 
 async fn pg_client(database_url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", store::redact(database_url)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "bench connection closed");
-        }
-    });
-    Ok(client)
+    store::connect::client(database_url).await
 }
 
 async fn drop_everything(
@@ -424,7 +416,7 @@ async fn drop_everything(
     redis: &mut redis::aio::MultiplexedConnection,
     streams: &[&str],
 ) -> anyhow::Result<()> {
-    let admin = pg_client(&format!("{}/postgres", server.trim_end_matches('/'))).await?;
+    let admin = pg_client(&store::connect::with_database(server, "postgres")).await?;
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         .await?;

@@ -160,6 +160,42 @@ pub async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
     connected.with_context(|| format!("connecting to {}", redact(url)))
 }
 
+/// A plain tokio-postgres client for `url`, with the same TLS rules (the bench's `COPY`, which
+/// diesel-async cannot do); its connection runs on a task of its own.
+pub async fn client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let target = parse(url).map_err(SettingError::new)?;
+    let client = match target.mode {
+        SslMode::Disable => {
+            let (client, conn) = target
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| connect_error(url, e))?;
+            tokio::spawn(conn);
+            client
+        }
+        _ => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&target)?);
+            let (client, conn) = target
+                .config
+                .connect(tls)
+                .await
+                .map_err(|e| connect_error(url, e))?;
+            tokio::spawn(conn);
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// `server` (a URL without a database, perhaps with `?…` parameters) naming `database`.
+pub fn with_database(server: &str, database: &str) -> String {
+    match server.split_once('?') {
+        Some((base, query)) => format!("{}/{database}?{query}", base.trim_end_matches('/')),
+        None => format!("{}/{database}", server.trim_end_matches('/')),
+    }
+}
+
 /// A connection failure: a certificate that does not verify is a setting to fix.
 fn connect_error(url: &str, e: tokio_postgres::Error) -> anyhow::Error {
     match tls::certificate_problem(&e) {
@@ -335,6 +371,15 @@ mod tests {
         );
         let err = parse("postgres://h/db?sslmode=maybe").expect_err("invalid");
         assert!(err.starts_with("DATABASE_URL: sslmode must be"), "{err}");
+    }
+
+    #[test]
+    fn a_database_is_named_before_the_parameters() {
+        assert_eq!(with_database("postgres://h:1/", "db"), "postgres://h:1/db");
+        assert_eq!(
+            with_database("postgres://h:1?sslmode=disable", "db"),
+            "postgres://h:1/db?sslmode=disable"
+        );
     }
 
     #[test]
