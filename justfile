@@ -51,3 +51,12 @@ faults:
 # Fuzz the decoder longer than CI does (proptest over bytes, JSON and mutated envelopes).
 fuzz CASES="200000":
     PROPTEST_CASES={{CASES}} cargo test --release --lib fuzz
+
+# The container image localhost/redis-postgres-sync:latest: a static musl binary in a scratch
+# image, built here without a registry (podman or docker; deploy/container/build says what is missing).
+image:
+    deploy/container/build
+
+# Run the built image against local Postgres and Redis on the recorded fixture and verify the tables.
+image-smoke:
+    deploy/container/smoke
