@@ -52,8 +52,7 @@ faults:
 fuzz CASES="200000":
     PROPTEST_CASES={{CASES}} cargo test --release --lib fuzz
 
-# The container image localhost/redis-postgres-sync:latest: a static musl binary in a scratch
-# image, built here without a registry (podman or docker; deploy/container/build says what is missing).
+# Build localhost/redis-postgres-sync:latest: static musl binary in a scratch image, no registry needed.
 image:
     deploy/container/build
 
