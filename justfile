@@ -51,3 +51,11 @@ faults:
 # Fuzz the decoder longer than CI does (proptest over bytes, JSON and mutated envelopes).
 fuzz CASES="200000":
     PROPTEST_CASES={{CASES}} cargo test --release --lib fuzz
+
+# Build localhost/redis-postgres-sync:latest: static musl binary in a scratch image, no registry needed.
+image:
+    deploy/container/build
+
+# Run the built image against local Postgres and Redis on the recorded fixture and verify the tables.
+image-smoke:
+    deploy/container/smoke

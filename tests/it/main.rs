@@ -6,6 +6,7 @@ mod faults;
 mod hostile;
 mod lease;
 mod ops;
+mod prometheus;
 mod reorg;
 mod replay_verify;
 mod retention;
