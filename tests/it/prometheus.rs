@@ -350,6 +350,7 @@ async fn a_real_prometheus_scrapes_the_service_and_evaluates_every_dashboard_que
         analytics: analytics.clone(),
         database_url: env.database_url.clone(),
         redis_url: REDIS.to_owned(),
+        redis_ca_cert: None,
         streams: settings.redis_streams.clone(),
         group: settings.consumer_group.clone(),
         term_updates_stream: env.term_updates.clone(),
