@@ -39,6 +39,12 @@ bench-sync EVENTS="1000000":
     test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
     cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode sync --runs 3
 
+# What a history's size costs (issue 14): sync events/s, peak RSS, restart → ready, a 16-block
+# reorg at the head → ready again (median of 3 runs): just bench-scale 2000000
+bench-scale EVENTS="200000":
+    test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
+    cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode scale --runs 3 --log-level warn
+
 # Decode + fold in memory on a large fixture (median of 3 runs).
 bench-fold-large EVENTS="1000000":
     test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}

@@ -48,6 +48,8 @@ pub struct Health {
     breaker: Mutex<CircuitBreaker>,
     analytics_breaker: Mutex<CircuitBreaker>,
     role: Mutex<Role>,
+    /// When the role last became [`Role::Writer`] (for the bench: start → ready, reorg → ready).
+    writer_since: Mutex<Option<Instant>>,
 }
 
 impl Default for Health {
@@ -63,6 +65,7 @@ impl Health {
             breaker: Mutex::new(CircuitBreaker::new(breaker_threshold, breaker_open_for)),
             analytics_breaker: Mutex::new(CircuitBreaker::new(breaker_threshold, breaker_open_for)),
             role: Mutex::new(Role::Starting),
+            writer_since: Mutex::new(None),
         };
         h.metrics.set_role(Role::Starting.as_str());
         h
@@ -74,9 +77,19 @@ impl Health {
 
     pub fn set_role(&self, role: Role) {
         if let Ok(mut r) = self.role.lock() {
+            if role == Role::Writer && *r != Role::Writer {
+                if let Ok(mut t) = self.writer_since.lock() {
+                    *t = Some(Instant::now());
+                }
+            }
             *r = role;
         }
         self.metrics.set_role(role.as_str());
+    }
+
+    /// When the role last turned [`Role::Writer`]; `None` if it never did.
+    pub fn writer_since(&self) -> Option<Instant> {
+        self.writer_since.lock().ok().and_then(|t| *t)
     }
 
     fn cell(&self, which: Breaker) -> &Mutex<CircuitBreaker> {

@@ -1,5 +1,6 @@
-//! `bench`: measures decode + fold (`--mode fold`) or the whole pipeline against local Postgres
-//! and Redis (`--mode sync`) on a fixture, and prints a table or JSON.
+//! `bench`: measures decode + fold (`--mode fold`), the whole pipeline against local Postgres
+//! and Redis (`--mode sync`), or what a history's size costs (`--mode scale`: sync, restart →
+//! ready, a 16-block reorg) on a fixture, and prints a table or JSON.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use redis_postgres_sync::bench::{self, FoldReport, SyncBenchOptions, SyncReport};
+use redis_postgres_sync::bench::{self, FoldReport, ScaleReport, SyncBenchOptions, SyncReport};
 use redis_postgres_sync::ingest::publish::PublishOptions;
 
 #[derive(Debug, Args)]
@@ -21,7 +22,7 @@ pub struct BenchArgs {
     /// Repeat the measurement this many times and report each run and the median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: u32,
-    /// PostgreSQL server (no database name): `sync` mode creates a fresh database on it.
+    /// PostgreSQL server (no database name): `sync` and `scale` modes create a fresh database on it.
     #[arg(
         long,
         env = "BENCH_POSTGRES",
@@ -29,7 +30,7 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub postgres: String,
-    /// Redis server URL: `sync` mode uses fresh stream names on it.
+    /// Redis server URL: `sync` and `scale` modes use fresh stream names on it.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -53,7 +54,7 @@ pub struct BenchArgs {
     /// Share of entries (0.0 to 1.0) published twice.
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_share: f64,
-    /// Keep the database and streams of `sync` mode (they are dropped otherwise).
+    /// Keep the database and streams of `sync` and `scale` modes (they are dropped otherwise).
     #[arg(long)]
     pub keep: bool,
     /// Print JSON instead of a table.
@@ -67,6 +68,26 @@ pub enum Mode {
     Fold,
     /// Publish to a fresh stream, run sync into a fresh database until drained.
     Sync,
+    /// As `sync`, then stop and start again (restart → ready), then a 16-block reorg at the
+    /// head (notice → ready again), with the peak RSS of each phase.
+    Scale,
+}
+
+#[derive(Serialize)]
+struct ScaleMedians {
+    events_per_second: f64,
+    sync_peak_memory_bytes: f64,
+    restart_ready_seconds: f64,
+    restart_peak_memory_bytes: f64,
+    reorg_applied_seconds: f64,
+    reorg_ready_seconds: f64,
+    reorg_peak_memory_bytes: f64,
+}
+
+#[derive(Serialize)]
+struct ScaleOutput {
+    runs: Vec<ScaleReport>,
+    median: ScaleMedians,
 }
 
 #[derive(Serialize)]
@@ -76,7 +97,7 @@ struct Output<T: Serialize> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    // Both modes read the fixture themselves (fold streams it; sync frees it once published).
+    // Every mode reads the fixture itself (fold streams it; sync and scale free it once published).
     anyhow::ensure!(
         args.fixture.is_file(),
         "fixture {} not found (see `just fixture-large`)",
@@ -100,7 +121,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 print_fold(&runs, median);
             }
         }
-        Mode::Sync => {
+        Mode::Sync | Mode::Scale => {
             let opts = SyncBenchOptions {
                 postgres_server: args.postgres.clone(),
                 redis_url: args.redis_url.clone(),
@@ -121,15 +142,45 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            let mut runs = Vec::new();
-            for run in 1..=args.runs {
-                let report = bench::sync(&args.fixture, &opts, |phase, done, total| {
-                    bar.set_message(format!("{phase} {run}/{}", args.runs));
+            let progress = |run: u32| {
+                let bar = bar.clone();
+                let runs = args.runs;
+                move |phase: &str, done: u64, total: u64| {
+                    bar.set_message(format!("{phase} {run}/{runs}"));
                     bar.set_length(total);
                     bar.set_position(done);
-                })
-                .await?;
-                runs.push(report);
+                }
+            };
+            if matches!(args.mode, Mode::Scale) {
+                let mut runs = Vec::new();
+                for run in 1..=args.runs {
+                    runs.push(bench::scale(&args.fixture, &opts, progress(run)).await?);
+                }
+                bar.finish_and_clear();
+                let m = |f: fn(&ScaleReport) -> f64| median(runs.iter().map(f));
+                let medians = ScaleMedians {
+                    events_per_second: m(|r| r.events_per_second),
+                    sync_peak_memory_bytes: m(|r| r.sync_peak_memory_bytes as f64),
+                    restart_ready_seconds: m(|r| r.restart_ready_seconds),
+                    restart_peak_memory_bytes: m(|r| r.restart_peak_memory_bytes as f64),
+                    reorg_applied_seconds: m(|r| r.reorg_applied_seconds),
+                    reorg_ready_seconds: m(|r| r.reorg_ready_seconds),
+                    reorg_peak_memory_bytes: m(|r| r.reorg_peak_memory_bytes as f64),
+                };
+                if args.json {
+                    let out = ScaleOutput {
+                        runs,
+                        median: medians,
+                    };
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    print_scale(&runs, &medians);
+                }
+                return Ok(());
+            }
+            let mut runs = Vec::new();
+            for run in 1..=args.runs {
+                runs.push(bench::sync(&args.fixture, &opts, progress(run)).await?);
             }
             bar.finish_and_clear();
             let median = median(runs.iter().map(|r| r.events_per_second));
@@ -247,4 +298,67 @@ fn print_sync(runs: &[SyncReport], median: f64) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+fn print_scale(runs: &[ScaleReport], m: &ScaleMedians) {
+    let r0 = &runs[0];
+    println!(
+        "mode scale: {} events in {} entries, blocks up to {}; reorg of blocks {}..={} (16)",
+        r0.events, r0.entries, r0.highest_block, r0.fork_block, r0.highest_block
+    );
+    println!(
+        "{:>6}  {:>10}  {:>10}  {:>10}  {:>14}  {:>10}  {:>14}  {:>13}  {:>10}  {:>12}",
+        "run",
+        "events",
+        "events/s",
+        "sync peak",
+        "restart→ready",
+        "start peak",
+        "reorg→applied",
+        "reorg→ready",
+        "reorg peak",
+        "events moved"
+    );
+    let secs = |s: f64| format!("{s:.2}s");
+    for (i, r) in runs.iter().enumerate() {
+        println!(
+            "{:>6}  {:>10}  {:>10.0}  {:>10}  {:>14}  {:>10}  {:>14}  {:>13}  {:>10}  {:>12}",
+            i + 1,
+            r.events,
+            r.events_per_second,
+            mib(r.sync_peak_memory_bytes),
+            secs(r.restart_ready_seconds),
+            mib(r.restart_peak_memory_bytes),
+            secs(r.reorg_applied_seconds),
+            secs(r.reorg_ready_seconds),
+            mib(r.reorg_peak_memory_bytes),
+            r.events_reorged
+        );
+    }
+    if runs.len() > 1 {
+        println!(
+            "{:>6}  {:>10}  {:>10.0}  {:>10}  {:>14}  {:>10}  {:>14}  {:>13}  {:>10}  {:>12}",
+            "median",
+            r0.events,
+            m.events_per_second,
+            mib(m.sync_peak_memory_bytes as u64),
+            secs(m.restart_ready_seconds),
+            mib(m.restart_peak_memory_bytes as u64),
+            secs(m.reorg_applied_seconds),
+            secs(m.reorg_ready_seconds),
+            mib(m.reorg_peak_memory_bytes as u64),
+            ""
+        );
+    }
+    println!(
+        "RSS when the restart began (start peak counts from it): {}",
+        runs.iter()
+            .map(|r| mib(r.restart_base_memory_bytes))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    let failures: u64 = runs.iter().map(|r| r.failure_restarts).sum();
+    if failures > 0 {
+        println!("warning: {failures} pipeline restarts after failures during the runs");
+    }
 }
