@@ -135,56 +135,39 @@ pub fn validate(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The connection of a tokio-postgres client opened by [`open`].
+type PgConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream,
+>;
+
+/// Connects to `url`. One path for every `sslmode`: with `disable` tokio-postgres never asks
+/// for TLS, so the rustls connector is simply not used.
+async fn open(url: &str) -> anyhow::Result<(tokio_postgres::Client, PgConnection)> {
+    let target = parse(url).map_err(SettingError::new)?;
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&target)?);
+    target
+        .config
+        .connect(tls)
+        .await
+        .map_err(|e| connect_error(url, e))
+}
+
 /// Opens a connection to `url`.
 pub async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
-    let target = parse(url).map_err(SettingError::new)?;
-    let connected = match target.mode {
-        SslMode::Disable => {
-            let (client, conn) = target
-                .config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| connect_error(url, e))?;
-            AsyncPgConnection::try_from_client_and_connection(client, conn).await
-        }
-        _ => {
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&target)?);
-            let (client, conn) = target
-                .config
-                .connect(tls)
-                .await
-                .map_err(|e| connect_error(url, e))?;
-            AsyncPgConnection::try_from_client_and_connection(client, conn).await
-        }
-    };
-    connected.with_context(|| format!("connecting to {}", redact(url)))
+    let (client, conn) = open(url).await?;
+    AsyncPgConnection::try_from_client_and_connection(client, conn)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))
 }
 
 /// A plain tokio-postgres client for `url`, with the same TLS rules (the bench's `COPY`, which
 /// diesel-async cannot do); its connection runs on a task of its own.
 pub async fn client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let target = parse(url).map_err(SettingError::new)?;
-    let client = match target.mode {
-        SslMode::Disable => {
-            let (client, conn) = target
-                .config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| connect_error(url, e))?;
-            tokio::spawn(conn);
-            client
-        }
-        _ => {
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&target)?);
-            let (client, conn) = target
-                .config
-                .connect(tls)
-                .await
-                .map_err(|e| connect_error(url, e))?;
-            tokio::spawn(conn);
-            client
-        }
-    };
+    let (client, conn) = open(url).await?;
+    tokio::spawn(conn);
     Ok(client)
 }
 
@@ -226,7 +209,8 @@ fn client_config(target: &Target) -> anyhow::Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
     let verifier: Arc<dyn ServerCertVerifier> = match target.mode {
-        SslMode::Prefer | SslMode::Require => Arc::new(Unverified(provider)),
+        // `disable`: never used (no TLS is negotiated).
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Unverified(provider)),
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let roots = tls::roots(target.root_cert.as_deref())
                 .map_err(|e| SettingError::new(format!("DATABASE_URL: sslrootcert: {e}")))?;
@@ -239,7 +223,6 @@ fn client_config(target: &Target) -> anyhow::Result<rustls::ClientConfig> {
                 webpki
             }
         }
-        SslMode::Disable => unreachable!("no TLS for sslmode=disable"),
     };
     Ok(builder
         .dangerous()
