@@ -573,6 +573,7 @@ fn bench_settings(
         processing_timeout_ms: 60_000,
         max_retries: 3,
         lease_ttl_ms: 5_000,
+        state_cache_keys: 500_000,
         max_entry_bytes: 1 << 20,
         analytics: AnalyticsSettings {
             term_updates_stream: term_updates.to_owned(),

@@ -124,6 +124,13 @@ pub struct SyncSettings {
     /// over. Milliseconds.
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
     pub lease_ttl_ms: u64,
+    /// Most entries (atoms, triples, terms with their vaults, positions) the in-memory state
+    /// keeps between batches; the least recently used are evicted once their batch has committed
+    /// and read again from PostgreSQL when a batch needs them. Bounds the service's memory
+    /// (roughly 400 bytes an entry) whatever the size of the history; see
+    /// `state_cache_evicted_keys_total` in /metrics.
+    #[arg(long, env = "STATE_CACHE_KEYS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
+    pub state_cache_keys: u64,
     #[command(flatten)]
     pub analytics: AnalyticsSettings,
     /// Input entries every consumer group on the stream has acknowledged: `keep` them, or trim

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub analytics_rejected_terms: Counter,
     pub pipeline_restarts: Counter,
     pub reorgs: Counter,
+    pub state_cache_keys: Gauge,
+    pub state_cache_loaded_keys: Counter,
+    pub state_cache_evicted_keys: Counter,
     pub role: Family<RoleLabels, Gauge>,
 }
 
@@ -79,6 +82,9 @@ impl Default for Metrics {
             analytics_rejected_terms: Counter::default(),
             pipeline_restarts: Counter::default(),
             reorgs: Counter::default(),
+            state_cache_keys: Gauge::default(),
+            state_cache_loaded_keys: Counter::default(),
+            state_cache_evicted_keys: Counter::default(),
             role: Family::default(),
             registry: Registry::default(),
         };
@@ -183,6 +189,21 @@ impl Default for Metrics {
             m.pipeline_restarts.clone(),
         );
         registry.register("reorgs", "rindexer reorg notices applied", m.reorgs.clone());
+        registry.register(
+            "state_cache_keys",
+            "Entries (atoms, triples, terms, positions) the sync state holds in memory (bounded by STATE_CACHE_KEYS)",
+            m.state_cache_keys.clone(),
+        );
+        registry.register(
+            "state_cache_loaded_keys",
+            "Keys a batch needed that were not in memory, read from PostgreSQL (found or not)",
+            m.state_cache_loaded_keys.clone(),
+        );
+        registry.register(
+            "state_cache_evicted_keys",
+            "Entries evicted from the sync state because it held more than STATE_CACHE_KEYS",
+            m.state_cache_evicted_keys.clone(),
+        );
         registry.register(
             "role",
             "1 for this process's current role (writer, standby, starting)",

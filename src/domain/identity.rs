@@ -57,6 +57,16 @@ impl Seen {
 
     /// Forgets an identity admitted before (its event was refused by the store, so a later
     /// delivery must be new again).
+    /// Whether the identity was admitted (and not forgotten since).
+    pub fn contains(&self, transaction_hash: &TxHash, log_index: i64) -> bool {
+        self.by_tx
+            .get(transaction_hash)
+            .is_some_and(|logs| match logs {
+                Logs::Few(list) => list.iter().any(|(i, _)| *i == log_index),
+                Logs::Many(map) => map.contains_key(&log_index),
+            })
+    }
+
     pub fn forget(&mut self, transaction_hash: &TxHash, log_index: i64) {
         let Some(logs) = self.by_tx.get_mut(transaction_hash) else {
             return;

@@ -13,5 +13,5 @@ pub mod state;
 pub mod types;
 
 pub use rows::Tables;
-pub use state::{fold, Applied, Changes, State};
+pub use state::{fold, Applied, BaseRows, Changes, Keys, State};
 pub use types::{Address, Bytes32, Event, EventId, EventKind, EventMeta, Order, TermId, VaultType};

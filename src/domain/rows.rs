@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use primitive_types::{U256, U512};
 
-use super::types::{Address, TermId, TermType, TxHash, VaultType};
+use super::types::{Address, Order, TermId, TermType, TxHash, VaultType};
 
 /// Key of a position: `(account_id, term_id, curve_id)`.
 pub type PositionKey = (Address, TermId, U256);
@@ -54,6 +54,11 @@ pub struct PositionRow {
     pub total_redeem_assets_for_receiver: U256,
     pub created_at: Option<i64>,
     pub updated_at: Option<i64>,
+    /// Chain order of the position's oldest and newest event: what the fold continues from
+    /// (a later event older than `first_at` sets `created_at`; one newer than `last_at` sets
+    /// `shares` and `updated_at`). Persisted next to the SPEC's columns.
+    pub first_at: Order,
+    pub last_at: Order,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -66,6 +71,11 @@ pub struct VaultRow {
     pub market_cap: U256,
     pub position_count: i64,
     pub vault_type: VaultType,
+    /// Chain order of the newest SharePriceChanged (`None` while there is none) and of the
+    /// newest event of any kind of the key (the one `vault_type` is from). Persisted so the fold
+    /// continues from the row.
+    pub price_at: Option<Order>,
+    pub type_at: Order,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -76,6 +86,12 @@ pub struct TermRow {
     pub triple_id: Option<TermId>,
     pub total_assets: U256,
     pub total_market_cap: U256,
+    /// What `term_type`, `atom_id` and `triple_id` are derived from (a term named by several
+    /// kinds of creation keeps all of them): an AtomCreated names it, a TripleCreated names it,
+    /// it is the counter term of triple `counter_of`. Persisted so the fold continues from the row.
+    pub is_atom: bool,
+    pub is_triple: bool,
+    pub counter_of: Option<TermId>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]

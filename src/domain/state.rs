@@ -73,6 +73,8 @@ impl Changes {
 struct Versioned<T> {
     at: Order,
     row: T,
+    /// The batch that last changed the entry (see [`State::mark`]).
+    touched: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +114,8 @@ struct TermState {
     is_triple: bool,
     /// Set when this term is the counter term of a created triple: the pro triple's id.
     counter_of: Option<TermId>,
+    /// The batch that last changed the entry (see [`State::mark`]).
+    touched: u64,
 }
 
 impl TermState {
@@ -156,6 +160,8 @@ struct PositionState {
     shares: U256,
     deposits: U256,
     redeems: U256,
+    /// The batch that last changed the entry (see [`State::mark`]).
+    touched: u64,
 }
 
 /// The triple-level figures last derived for a triple, and the pairs they were counted into.
@@ -383,7 +389,14 @@ impl State {
                 transaction_hash: meta.transaction_hash,
                 created_at: meta.block_timestamp,
             };
-            self.atoms.insert(term_id, Versioned { at, row });
+            self.atoms.insert(
+                term_id,
+                Versioned {
+                    at,
+                    row,
+                    touched: 0,
+                },
+            );
             changes.atoms.insert(term_id);
         }
         self.terms.entry(term_id).or_default().is_atom = true;
@@ -393,7 +406,14 @@ impl State {
     fn apply_triple(&mut self, at: Order, row: TripleRow, changes: &mut Changes) {
         let (id, counter) = (row.term_id, row.counter_term_id);
         if self.triples.get(&id).is_none_or(|t| at > t.at) {
-            self.triples.insert(id, Versioned { at, row });
+            self.triples.insert(
+                id,
+                Versioned {
+                    at,
+                    row,
+                    touched: 0,
+                },
+            );
             changes.triples.insert(id);
         }
         self.terms.entry(id).or_default().is_triple = true;
@@ -427,6 +447,7 @@ impl State {
                 shares: U256::zero(),
                 deposits: U256::zero(),
                 redeems: U256::zero(),
+                touched: 0,
             });
             let was_open = !pos.shares.is_zero();
             if at < pos.first_at {
@@ -556,6 +577,8 @@ impl State {
             total_redeem_assets_for_receiver: p.redeems,
             created_at: p.created_at,
             updated_at: p.updated_at,
+            first_at: p.first_at,
+            last_at: p.last_at,
         })
     }
 
@@ -570,6 +593,8 @@ impl State {
             market_cap: v.market_cap(),
             position_count: v.position_count,
             vault_type: v.vault_type,
+            price_at: v.price_at,
+            type_at: v.type_at,
         })
     }
 
@@ -591,6 +616,9 @@ impl State {
             triple_id,
             total_assets: math::sum(t.vaults.iter().map(|(_, v)| v.total_assets)),
             total_market_cap: math::sum(t.vaults.iter().map(|(_, v)| v.market_cap())),
+            is_atom: t.is_atom,
+            is_triple: t.is_triple,
+            counter_of: t.counter_of,
         })
     }
 
@@ -648,6 +676,466 @@ impl State {
                 .extend(self.subject_predicate(key).map(|r| (*key, r)));
         }
         t
+    }
+}
+
+/// Keys of the base rows: what a batch reads (to load the missing ones from the database) or
+/// what orphaned events touched (to recompute after a reorg).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    pub atoms: Set<TermId>,
+    pub triples: Set<TermId>,
+    /// Terms, with all their vaults.
+    pub terms: Set<TermId>,
+    pub vaults: Set<VaultKey>,
+    pub positions: Set<PositionKey>,
+}
+
+impl Keys {
+    /// Every key `events` touch: atoms, triples (and their counter terms), vaults and positions,
+    /// and the terms of all of them.
+    pub fn of_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut keys = Keys::default();
+        for e in events {
+            keys.add(e);
+        }
+        keys
+    }
+
+    /// Adds the keys `event` touches.
+    pub fn add(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::AtomCreated { term_id, .. } => {
+                self.atoms.insert(*term_id);
+                self.terms.insert(*term_id);
+            }
+            EventKind::TripleCreated { term_id, .. } => {
+                self.triples.insert(*term_id);
+                self.terms.insert(*term_id);
+                self.terms.insert(counter_term_id(term_id));
+            }
+            EventKind::Deposited {
+                receiver,
+                term_id,
+                curve_id,
+                ..
+            }
+            | EventKind::Redeemed {
+                receiver,
+                term_id,
+                curve_id,
+                ..
+            } => {
+                self.positions.insert((*receiver, *term_id, *curve_id));
+                self.vaults.insert((*term_id, *curve_id));
+                self.terms.insert(*term_id);
+            }
+            EventKind::SharePriceChanged {
+                term_id, curve_id, ..
+            } => {
+                self.vaults.insert((*term_id, *curve_id));
+                self.terms.insert(*term_id);
+            }
+            EventKind::Generic { .. } => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys named, of every kind.
+    pub fn len(&self) -> usize {
+        self.atoms.len()
+            + self.triples.len()
+            + self.terms.len()
+            + self.vaults.len()
+            + self.positions.len()
+    }
+}
+
+/// Base rows of some keys, with what the fold needs to continue from them: the rows a batch
+/// changed (to write), or stored rows (what [`State::seed`] continues from).
+#[derive(Clone, Debug, Default)]
+pub struct BaseRows {
+    pub atoms: Vec<AtomRow>,
+    pub triples: Vec<TripleRow>,
+    pub terms: Vec<TermRow>,
+    /// Vault rows. Loaded for [`State::seed`]: every vault of the terms in `terms`.
+    pub vaults: Vec<VaultRow>,
+    pub positions: Vec<PositionRow>,
+}
+
+/// `type_at` of a vault whose events a reorg took out, until the remaining ones are replayed
+/// ([`State::retract`]); a vault still holding it afterwards has no event left.
+const NO_EVIDENCE: Order = Order {
+    block_number: i64::MIN,
+    log_index: i64::MIN,
+    transaction_hash: super::types::Bytes32([0; 32]),
+};
+
+/// The state as a cache over the stored rows (the `sync` service): load what a batch needs,
+/// stamp what it changed, evict what committed long ago. And the reorg recomputation of the
+/// keys orphaned events touched, from their stored rows and the remaining events.
+impl State {
+    /// Of the keys `event` reads, those this state (as a shard: the part it owns) lacks.
+    pub fn missing(&self, event: &Event, wanted: &mut Keys) {
+        let meta_term = |t: &TermId, wanted: &mut Keys| {
+            if self.owns(t) && !self.terms.contains_key(t) {
+                wanted.terms.insert(*t);
+            }
+        };
+        match &event.kind {
+            EventKind::AtomCreated { term_id, .. } => {
+                if !self.atoms.contains_key(term_id) {
+                    wanted.atoms.insert(*term_id);
+                }
+                meta_term(term_id, wanted);
+            }
+            EventKind::TripleCreated { term_id, .. } => {
+                if self.owns(term_id) {
+                    if !self.triples.contains_key(term_id) {
+                        wanted.triples.insert(*term_id);
+                    }
+                    meta_term(term_id, wanted);
+                }
+                meta_term(&counter_term_id(term_id), wanted);
+            }
+            EventKind::Deposited {
+                receiver,
+                term_id,
+                curve_id,
+                ..
+            }
+            | EventKind::Redeemed {
+                receiver,
+                term_id,
+                curve_id,
+                ..
+            } => {
+                let key = (*receiver, *term_id, *curve_id);
+                if !self.positions.contains_key(&key) {
+                    wanted.positions.insert(key);
+                }
+                meta_term(term_id, wanted);
+            }
+            EventKind::SharePriceChanged { term_id, .. } => meta_term(term_id, wanted),
+            EventKind::Generic { .. } => {}
+        }
+    }
+
+    /// Loads stored rows of keys this state does not hold (a key it holds is newer here: a batch
+    /// in flight changed it). `batch` stamps them, as [`mark`](Self::mark) does.
+    pub fn seed(&mut self, prior: BaseRows, batch: u64) {
+        for row in prior.atoms {
+            let at = Order {
+                block_number: row.block_number,
+                log_index: row.log_index,
+                transaction_hash: row.transaction_hash,
+            };
+            self.atoms.entry(row.term_id).or_insert(Versioned {
+                at,
+                row,
+                touched: batch,
+            });
+        }
+        for row in prior.triples {
+            let at = Order {
+                block_number: row.block_number,
+                log_index: row.log_index,
+                transaction_hash: row.transaction_hash,
+            };
+            self.triples.entry(row.term_id).or_insert(Versioned {
+                at,
+                row,
+                touched: batch,
+            });
+        }
+        let mut fresh: Set<TermId> = Set::default();
+        for row in prior.terms {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.terms.entry(row.id) {
+                slot.insert(TermState {
+                    vaults: Vec::new(),
+                    is_atom: row.is_atom,
+                    is_triple: row.is_triple,
+                    counter_of: row.counter_of,
+                    touched: batch,
+                });
+                fresh.insert(row.id);
+            }
+        }
+        for v in prior.vaults {
+            if !fresh.contains(&v.term_id) {
+                continue;
+            }
+            if let Some(term) = self.terms.get_mut(&v.term_id) {
+                term.vaults.push((
+                    v.curve_id,
+                    VaultState {
+                        price_at: v.price_at,
+                        total_shares: v.total_shares,
+                        share_price: v.current_share_price,
+                        total_assets: v.total_assets,
+                        type_at: v.type_at,
+                        vault_type: v.vault_type,
+                        position_count: v.position_count,
+                    },
+                ));
+            }
+        }
+        for p in prior.positions {
+            self.positions
+                .entry((p.account_id, p.term_id, p.curve_id))
+                .or_insert(PositionState {
+                    first_at: p.first_at,
+                    created_at: p.created_at,
+                    last_at: p.last_at,
+                    updated_at: p.updated_at,
+                    shares: p.shares,
+                    deposits: p.total_deposit_assets_after_total_fees,
+                    redeems: p.total_redeem_assets_for_receiver,
+                    touched: batch,
+                });
+        }
+    }
+
+    /// Stamps the entries `changes` names with `batch`: until that batch has committed, they
+    /// are newer than the stored rows and must not be evicted.
+    pub fn mark(&mut self, changes: &Changes, batch: u64) {
+        for id in &changes.atoms {
+            if let Some(a) = self.atoms.get_mut(id) {
+                a.touched = batch;
+            }
+        }
+        for id in &changes.triples {
+            if let Some(t) = self.triples.get_mut(id) {
+                t.touched = batch;
+            }
+        }
+        for key in &changes.positions {
+            if let Some(p) = self.positions.get_mut(key) {
+                p.touched = batch;
+            }
+        }
+        for id in changes
+            .terms
+            .iter()
+            .chain(changes.vaults.iter().map(|(t, _)| t))
+        {
+            if let Some(t) = self.terms.get_mut(id) {
+                t.touched = batch;
+            }
+        }
+    }
+
+    /// The current rows of the keys `changes` names (a key with no row has none: the live fold
+    /// never deletes).
+    pub fn base_rows(&self, changes: &Changes) -> BaseRows {
+        let mut terms: Vec<TermRow> = Vec::with_capacity(changes.terms.len());
+        terms.extend(changes.terms.iter().filter_map(|id| self.term(id)));
+        BaseRows {
+            atoms: changes
+                .atoms
+                .iter()
+                .filter_map(|id| self.atom(id))
+                .collect(),
+            triples: changes
+                .triples
+                .iter()
+                .filter_map(|id| self.triple(id))
+                .collect(),
+            terms,
+            vaults: changes
+                .vaults
+                .iter()
+                .filter_map(|k| self.vault(k))
+                .collect(),
+            positions: changes
+                .positions
+                .iter()
+                .filter_map(|k| self.position(k))
+                .collect(),
+        }
+    }
+
+    /// Entries held: atoms, triples, terms (with their vaults) and positions.
+    pub fn cached_keys(&self) -> usize {
+        self.atoms.len() + self.triples.len() + self.terms.len() + self.positions.len()
+    }
+
+    /// When more than `capacity` entries are held, drops the least recently loaded or changed
+    /// ones down to 90 % of it — only entries of batches up to `committed`, whose stored rows
+    /// are current. Returns the number dropped.
+    pub fn evict(&mut self, committed: u64, capacity: usize) -> usize {
+        let held = self.cached_keys();
+        if held <= capacity {
+            return 0;
+        }
+        let excess = held - (capacity - capacity / 10);
+        let mut stamps: Vec<u64> = self
+            .atoms
+            .values()
+            .map(|a| a.touched)
+            .chain(self.triples.values().map(|t| t.touched))
+            .chain(self.terms.values().map(|t| t.touched))
+            .chain(self.positions.values().map(|p| p.touched))
+            .filter(|&t| t <= committed)
+            .collect();
+        if stamps.is_empty() {
+            return 0;
+        }
+        let k = excess.min(stamps.len()) - 1;
+        let (_, &mut cut, _) = stamps.select_nth_unstable(k);
+        let old = |t: u64| t > cut;
+        self.atoms.retain(|_, a| old(a.touched));
+        self.triples.retain(|_, t| old(t.touched));
+        self.terms.retain(|_, t| old(t.touched));
+        self.positions.retain(|_, p| old(p.touched));
+        held - self.cached_keys()
+    }
+
+    /// Reorg, step 1: with the stored rows of the keys the orphaned events touched loaded
+    /// ([`seed`](Self::seed)), takes out of them what events of those keys contributed: the
+    /// touched positions (and their share of their vault's `position_count`), the touched
+    /// vaults' newest fields, the touched atoms and triples and the term flags they set.
+    /// Step 2 replays the remaining events that decide those fields ([`apply`](Self::apply) for
+    /// every remaining event of a touched position, the newest SharePriceChanged of a touched
+    /// vault, the newest AtomCreated / TripleCreated of a touched atom / triple;
+    /// [`note_vault_event`](Self::note_vault_event) for the newest Deposited and Redeemed of a
+    /// touched vault); step 3 is [`settle`](Self::settle). The rows of `keys` are then those of
+    /// the fold of the remaining events.
+    pub fn retract(&mut self, keys: &Keys) {
+        for key in &keys.positions {
+            if let Some(p) = self.positions.remove(key) {
+                if !p.shares.is_zero() {
+                    if let Some(v) = self
+                        .terms
+                        .get_mut(&key.1)
+                        .and_then(|t| t.vaults.iter_mut().find(|(c, _)| *c == key.2))
+                    {
+                        v.1.position_count -= 1;
+                    }
+                }
+            }
+        }
+        for (term_id, curve) in &keys.vaults {
+            if let Some((_, v)) = self
+                .terms
+                .get_mut(term_id)
+                .and_then(|t| t.vaults.iter_mut().find(|(c, _)| c == curve))
+            {
+                v.price_at = None;
+                v.total_shares = U256::zero();
+                v.share_price = U256::zero();
+                v.total_assets = U256::zero();
+                v.type_at = NO_EVIDENCE;
+            }
+        }
+        for id in &keys.atoms {
+            self.atoms.remove(id);
+            if let Some(t) = self.terms.get_mut(id) {
+                t.is_atom = false;
+            }
+        }
+        for id in &keys.triples {
+            self.triples.remove(id);
+            if let Some(t) = self.terms.get_mut(id) {
+                t.is_triple = false;
+            }
+            if let Some(t) = self.terms.get_mut(&counter_term_id(id)) {
+                t.counter_of = None;
+            }
+        }
+    }
+
+    /// Reorg, step 2 for a Deposited or Redeemed that is not of a touched position: only its
+    /// part in its vault's `vault_type` (the newest event of the key names it).
+    pub fn note_vault_event(&mut self, event: &Event) {
+        if let EventKind::Deposited {
+            term_id,
+            curve_id,
+            vault_type,
+            ..
+        }
+        | EventKind::Redeemed {
+            term_id,
+            curve_id,
+            vault_type,
+            ..
+        }
+        | EventKind::SharePriceChanged {
+            term_id,
+            curve_id,
+            vault_type,
+            ..
+        } = &event.kind
+        {
+            self.terms.entry(*term_id).or_default().vault_mut(
+                *curve_id,
+                event.order(),
+                *vault_type,
+            );
+        }
+    }
+
+    /// Reorg, step 3: drops the touched vaults no remaining event names, then the touched terms
+    /// nothing names any more.
+    pub fn settle(&mut self, keys: &Keys) {
+        for (term_id, curve) in &keys.vaults {
+            if let Some(t) = self.terms.get_mut(term_id) {
+                t.vaults
+                    .retain(|(c, v)| !(c == curve && v.type_at == NO_EVIDENCE));
+            }
+        }
+        for id in &keys.terms {
+            let unnamed = self.terms.get(id).is_some_and(|t| {
+                !t.is_atom && !t.is_triple && t.counter_of.is_none() && t.vaults.is_empty()
+            });
+            if unnamed {
+                self.terms.remove(id);
+            }
+        }
+    }
+}
+
+/// The rows of `keys` once the events a reorg orphaned are gone (pure): their stored rows
+/// (`prior`: every key of `keys`, terms with all their vaults), minus what the touched keys got
+/// from events ([`State::retract`]), plus the remaining events that decide them — `decisive`:
+/// every remaining event of each touched position, the newest SharePriceChanged of each touched
+/// vault, the newest AtomCreated / TripleCreated of each touched atom / triple; `vault_events`:
+/// the newest Deposited and Redeemed of each touched vault. What the fold of all remaining
+/// events would give for those keys; a key missing from the result has no row any more.
+pub fn recompute_keys(
+    prior: BaseRows,
+    keys: &Keys,
+    decisive: &[Event],
+    vault_events: &[Event],
+) -> BaseRows {
+    let mut state = State::base_only();
+    state.seed(prior, 0);
+    state.retract(keys);
+    let mut changes = Changes::default();
+    for e in decisive {
+        state.apply(e, &mut changes);
+    }
+    for e in vault_events {
+        state.note_vault_event(e);
+    }
+    state.settle(keys);
+    BaseRows {
+        atoms: keys.atoms.iter().filter_map(|k| state.atom(k)).collect(),
+        triples: keys
+            .triples
+            .iter()
+            .filter_map(|k| state.triple(k))
+            .collect(),
+        terms: keys.terms.iter().filter_map(|k| state.term(k)).collect(),
+        vaults: keys.vaults.iter().filter_map(|k| state.vault(k)).collect(),
+        positions: keys
+            .positions
+            .iter()
+            .filter_map(|k| state.position(k))
+            .collect(),
     }
 }
 

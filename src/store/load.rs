@@ -93,26 +93,53 @@ pub async fn load_events_with(
 ) -> anyhow::Result<Vec<Event>> {
     let mut events = Vec::new();
     let mut networks: BTreeMap<String, Arc<str>> = BTreeMap::new();
-    for (table, name, params) in EVENT_TABLES {
-        let sql = format!(
-            "SELECT {name} AS event_name, {META_SELECT}, {params}::text AS params FROM {table}{}",
+    for (table, _, _) in EVENT_TABLES {
+        let from = format!(
+            "{table}{}",
             filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
         );
-        let records: Vec<EventRecord> = diesel::sql_query(sql)
-            .load(conn)
-            .await
-            .with_context(|| format!("reading the event log table {table}"))?;
-        events.reserve(records.len());
-        for r in records {
-            let id = format!("{}:{}", r.transaction_hash, r.log_index);
-            events.push(
-                record_to_event(r, &mut networks)
-                    .with_context(|| format!("event {id} of {table}"))?,
-            );
-        }
+        read_table(conn, table, &from, &mut networks, &mut events).await?;
         loaded(table, events.len());
     }
     Ok(events)
+}
+
+/// The events of event table `table` that the SQL `from` (what follows `FROM`: the table or
+/// any relation with its columns, and conditions) yields.
+pub async fn load_events_from(
+    conn: &mut AsyncPgConnection,
+    table: &str,
+    from: &str,
+) -> anyhow::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    read_table(conn, table, from, &mut BTreeMap::new(), &mut events).await?;
+    Ok(events)
+}
+
+async fn read_table(
+    conn: &mut AsyncPgConnection,
+    table: &str,
+    from: &str,
+    networks: &mut BTreeMap<String, Arc<str>>,
+    events: &mut Vec<Event>,
+) -> anyhow::Result<()> {
+    let (_, name, params) = EVENT_TABLES
+        .iter()
+        .find(|(t, _, _)| *t == table)
+        .ok_or_else(|| anyhow!("{table} is not an event table"))?;
+    let sql =
+        format!("SELECT {name} AS event_name, {META_SELECT}, {params}::text AS params FROM {from}");
+    let records: Vec<EventRecord> = diesel::sql_query(sql)
+        .load(conn)
+        .await
+        .with_context(|| format!("reading the event log table {table}"))?;
+    events.reserve(records.len());
+    for r in records {
+        let id = format!("{}:{}", r.transaction_hash, r.log_index);
+        events
+            .push(record_to_event(r, networks).with_context(|| format!("event {id} of {table}"))?);
+    }
+    Ok(())
 }
 
 fn record_to_event(
@@ -286,6 +313,12 @@ pub const DERIVED: [TableShape; 9] = [
             "total_redeem_assets_for_receiver::text",
             "extract(epoch from created_at)::int8",
             "extract(epoch from updated_at)::int8",
+            "first_block_number",
+            "first_log_index",
+            "first_transaction_hash",
+            "last_block_number",
+            "last_log_index",
+            "last_transaction_hash",
         ],
     },
     TableShape {
@@ -300,6 +333,12 @@ pub const DERIVED: [TableShape; 9] = [
             "market_cap::text",
             "position_count",
             "vault_type",
+            "price_block_number",
+            "price_log_index",
+            "price_transaction_hash",
+            "type_block_number",
+            "type_log_index",
+            "type_transaction_hash",
         ],
     },
     TableShape {
@@ -312,6 +351,9 @@ pub const DERIVED: [TableShape; 9] = [
             "triple_id",
             "total_assets::text",
             "total_market_cap::text",
+            "is_atom",
+            "is_triple",
+            "counter_of",
         ],
     },
     TableShape {
@@ -440,6 +482,9 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
     fn t(v: Option<i64>) -> Value {
         v.map_or(Value::Null, Value::from)
     }
+    fn on(v: Option<i64>) -> Value {
+        v.map_or(Value::Null, Value::from)
+    }
     fn o<T: ToString>(v: Option<T>) -> Value {
         v.map_or(Value::Null, |x| s(x))
     }
@@ -494,6 +539,12 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     s(r.total_redeem_assets_for_receiver),
                     t(r.created_at),
                     t(r.updated_at),
+                    n(r.first_at.block_number),
+                    n(r.first_at.log_index),
+                    s(r.first_at.transaction_hash),
+                    n(r.last_at.block_number),
+                    n(r.last_at.log_index),
+                    s(r.last_at.transaction_hash),
                 ]
             }),
         ),
@@ -509,6 +560,12 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     s(r.market_cap),
                     n(r.position_count),
                     s(r.vault_type.as_str()),
+                    on(r.price_at.map(|o| o.block_number)),
+                    on(r.price_at.map(|o| o.log_index)),
+                    o(r.price_at.map(|o| o.transaction_hash)),
+                    n(r.type_at.block_number),
+                    n(r.type_at.log_index),
+                    s(r.type_at.transaction_hash),
                 ]
             }),
         ),
@@ -522,6 +579,9 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     o(r.triple_id),
                     s(r.total_assets),
                     s(r.total_market_cap),
+                    Value::Bool(r.is_atom),
+                    Value::Bool(r.is_triple),
+                    o(r.counter_of),
                 ]
             }),
         ),

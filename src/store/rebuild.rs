@@ -68,7 +68,39 @@ pub async fn rebuild(
     lock_event_log(conn, "SHARE").await?;
     let (events, tables) = fold_event_log(conn, progress).await?;
     let rows = write_tables(conn, tables, progress).await?;
+    // The rows now hold what the fold continues from (migration `fold_continuation`).
+    diesel::sql_query("DELETE FROM fold_upgrade")
+        .execute(conn)
+        .await
+        .context("clearing table fold_upgrade")?;
     Ok(Rebuilt { events, rows })
+}
+
+/// Whether base rows written before the migration `fold_continuation` still lack what the fold
+/// continues from (then the service rebuilds once before it writes).
+pub async fn upgrade_pending(conn: &mut AsyncPgConnection) -> anyhow::Result<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct Pending {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        pending: bool,
+    }
+    let rows: Vec<Pending> = diesel::sql_query("SELECT pending FROM fold_upgrade")
+        .load(conn)
+        .await
+        .context("reading table fold_upgrade")?;
+    Ok(rows.iter().any(|r| r.pending))
+}
+
+/// [`replay`] by the holder of the writer `lease` (fenced first, as every batch).
+pub async fn replay_fenced(
+    conn: &mut AsyncPgConnection,
+    lease: &super::lease::Lease,
+) -> anyhow::Result<Rebuilt> {
+    conn.transaction(async |conn| {
+        super::lease::fence(conn, lease).await?;
+        rebuild(conn, &mut |_| {}).await
+    })
+    .await
 }
 
 /// Locks the six event tables in `mode` until the transaction ends (waiting for transactions

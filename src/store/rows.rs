@@ -13,7 +13,7 @@ use super::rowset::{pg_numeric, pg_numeric_u512, pg_timestamp, Column, OnConflic
 use crate::domain::rows::{
     AtomRow, PairRow, PositionRow, TermRow, TripleRow, TripleTermRow, TripleVaultRow, VaultRow,
 };
-use crate::domain::{Address, Changes, Event, EventKind, EventMeta, State};
+use crate::domain::{Address, BaseRows, Event, EventKind, EventMeta, Order};
 
 /// The columns every event table has, in table order.
 const META: [&str; 9] = [
@@ -345,13 +345,13 @@ enum Value {
 /// Upserts of the base rows named by `changes`: atom, triple, position, vault, term. Conflict
 /// target of each: the table's primary key (the row's identity in SPEC §2); every other column is
 /// replaced, since the fold's row is the truth.
-pub fn base_rows(state: &State, changes: &Changes) -> Vec<RowSet> {
+pub fn base_rows(rows: BaseRows) -> Vec<RowSet> {
     let mut out = vec![
-        atom_rows(changes.atoms.iter().filter_map(|id| state.atom(id))),
-        triple_rows(changes.triples.iter().filter_map(|id| state.triple(id))),
-        position_rows(changes.positions.iter().filter_map(|k| state.position(k))),
-        vault_rows(changes.vaults.iter().filter_map(|k| state.vault(k))),
-        term_rows(changes.terms.iter().filter_map(|id| state.term(id))),
+        atom_rows(rows.atoms),
+        triple_rows(rows.triples),
+        position_rows(rows.positions),
+        vault_rows(rows.vaults),
+        term_rows(rows.terms),
     ];
     out.retain(|r| !r.is_empty());
     out
@@ -433,6 +433,8 @@ pub fn position_rows(rows: impl IntoIterator<Item = PositionRow>) -> RowSet {
         t.num(3, &r.total_redeem_assets_for_receiver);
         t.time(0, r.created_at);
         t.time(1, r.updated_at);
+        t.order((0, 1), 2, &r.first_at);
+        t.order((2, 3), 3, &r.last_at);
     }
     t.rowset(
         "position",
@@ -446,6 +448,12 @@ pub fn position_rows(rows: impl IntoIterator<Item = PositionRow>) -> RowSet {
             ("total_redeem_assets_for_receiver", N(3)),
             ("created_at", Ts(0)),
             ("updated_at", Ts(1)),
+            ("first_block_number", I(0)),
+            ("first_log_index", I(1)),
+            ("first_transaction_hash", T(2)),
+            ("last_block_number", I(2)),
+            ("last_log_index", I(3)),
+            ("last_transaction_hash", T(3)),
         ],
     )
 }
@@ -462,6 +470,10 @@ pub fn vault_rows(rows: impl IntoIterator<Item = VaultRow>) -> RowSet {
         t.num(4, &r.market_cap);
         t.int(0, r.position_count);
         t.text(1, r.vault_type.as_str().to_owned());
+        t.opt_int(0, r.price_at.map(|o| o.block_number));
+        t.opt_int(1, r.price_at.map(|o| o.log_index));
+        t.opt_text(0, r.price_at.map(|o| o.transaction_hash.to_string()));
+        t.order((1, 2), 2, &r.type_at);
     }
     t.rowset(
         "vault",
@@ -475,6 +487,12 @@ pub fn vault_rows(rows: impl IntoIterator<Item = VaultRow>) -> RowSet {
             ("market_cap", N(4)),
             ("position_count", I(0)),
             ("vault_type", T(1)),
+            ("price_block_number", OI(0)),
+            ("price_log_index", OI(1)),
+            ("price_transaction_hash", O(0)),
+            ("type_block_number", I(1)),
+            ("type_log_index", I(2)),
+            ("type_transaction_hash", T(2)),
         ],
     )
 }
@@ -489,6 +507,9 @@ pub fn term_rows(rows: impl IntoIterator<Item = TermRow>) -> RowSet {
         t.opt_text(1, r.triple_id.map(|a| a.to_string()));
         t.num(0, &r.total_assets);
         t.num(1, &r.total_market_cap);
+        t.flag(0, r.is_atom);
+        t.flag(1, r.is_triple);
+        t.opt_text(2, r.counter_of.map(|a| a.to_string()));
     }
     t.rowset(
         "term",
@@ -500,6 +521,9 @@ pub fn term_rows(rows: impl IntoIterator<Item = TermRow>) -> RowSet {
             ("triple_id", O(1)),
             ("total_assets", N(0)),
             ("total_market_cap", N(1)),
+            ("is_atom", F(0)),
+            ("is_triple", F(1)),
+            ("counter_of", O(2)),
         ],
     )
 }
@@ -604,9 +628,11 @@ enum Src {
     N(usize),
     I(usize),
     Ts(usize),
+    OI(usize),
+    F(usize),
     B,
 }
-use Src::{Ts, B, I, N, O, T};
+use Src::{Ts, B, F, I, N, O, OI, T};
 
 /// Column buffers of one table under construction, numbered per kind.
 #[derive(Default)]
@@ -616,6 +642,8 @@ struct Cols {
     num: Vec<Vec<PgNumeric>>,
     int: Vec<Vec<i64>>,
     time: Vec<Vec<Option<i64>>>,
+    opt_int: Vec<Vec<Option<i64>>>,
+    flag: Vec<Vec<bool>>,
     bytes: Vec<Vec<u8>>,
 }
 
@@ -642,6 +670,19 @@ impl Cols {
     fn time(&mut self, i: usize, v: Option<i64>) {
         slot(&mut self.time, i).push(v);
     }
+    fn opt_int(&mut self, i: usize, v: Option<i64>) {
+        slot(&mut self.opt_int, i).push(v);
+    }
+    fn flag(&mut self, i: usize, v: bool) {
+        slot(&mut self.flag, i).push(v);
+    }
+    /// An [`Order`] as three columns: block number and log index in int slots `ints`, the
+    /// transaction hash in text slot `text`.
+    fn order(&mut self, ints: (usize, usize), text: usize, o: &Order) {
+        self.int(ints.0, o.block_number);
+        self.int(ints.1, o.log_index);
+        self.text(text, o.transaction_hash.to_string());
+    }
     fn bytes(&mut self, v: Vec<u8>) {
         self.bytes.push(v);
     }
@@ -661,6 +702,8 @@ impl Cols {
                     N(i) => Column::Numeric(std::mem::take(slot(&mut self.num, i))),
                     I(i) => Column::BigInt(std::mem::take(slot(&mut self.int, i))),
                     Ts(i) => Column::Timestamp(times(std::mem::take(slot(&mut self.time, i)))),
+                    OI(i) => Column::NullableBigInt(std::mem::take(slot(&mut self.opt_int, i))),
+                    F(i) => Column::Bool(std::mem::take(slot(&mut self.flag, i))),
                     B => Column::Bytea(std::mem::take(&mut self.bytes)),
                 };
                 (*name, col)

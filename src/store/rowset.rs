@@ -22,6 +22,7 @@ pub enum Column {
     NullableText(Vec<Option<String>>),
     BigInt(Vec<i64>),
     NullableBigInt(Vec<Option<i64>>),
+    Bool(Vec<bool>),
     /// A uint256, stored as NUMERIC(78,0), sent in Postgres's binary form (no text parsing).
     Numeric(Vec<PgNumeric>),
     Bytea(Vec<Vec<u8>>),
@@ -39,6 +40,7 @@ impl Column {
             Column::NullableText(v) => v.len(),
             Column::BigInt(v) => v.len(),
             Column::NullableBigInt(v) => v.len(),
+            Column::Bool(v) => v.len(),
             Column::Timestamp(v) => v.len(),
             Column::Bytea(v) => v.len(),
         }
@@ -53,6 +55,7 @@ impl Column {
             (Column::NullableText(a), Column::NullableText(b)) => a.extend(b),
             (Column::BigInt(a), Column::BigInt(b)) => a.extend(b),
             (Column::NullableBigInt(a), Column::NullableBigInt(b)) => a.extend(b),
+            (Column::Bool(a), Column::Bool(b)) => a.extend(b),
             (Column::Timestamp(a), Column::Timestamp(b)) => a.extend(b),
             (Column::Bytea(a), Column::Bytea(b)) => a.extend(b),
             (a, b) => unreachable!("appending column {b:?} to a column of another type {a:?}"),
@@ -64,6 +67,7 @@ impl Column {
         match self {
             Column::Text(_) | Column::NullableText(_) => ("text[]", format!("u.{name}")),
             Column::BigInt(_) | Column::NullableBigInt(_) => ("int8[]", format!("u.{name}")),
+            Column::Bool(_) => ("bool[]", format!("u.{name}")),
             Column::Numeric(_) => ("numeric[]", format!("u.{name}")),
             Column::Bytea(_) => ("bytea[]", format!("u.{name}")),
             Column::Timestamp(_) => ("timestamptz[]", format!("u.{name}")),
@@ -226,6 +230,7 @@ impl RowSet {
                 Column::NullableText(v) => query.bind::<Array<Nullable<Text>>, _>(v),
                 Column::BigInt(v) => query.bind::<Array<BigInt>, _>(v),
                 Column::NullableBigInt(v) => query.bind::<Array<Nullable<BigInt>>, _>(v),
+                Column::Bool(v) => query.bind::<Array<diesel::sql_types::Bool>, _>(v),
                 Column::Bytea(v) => query.bind::<Array<Binary>, _>(v),
             };
         }

@@ -250,19 +250,14 @@ async fn pipeline(
         settings.lease_ttl(),
         lost_tx,
     ));
-    let started = Instant::now();
-    let mut shards = Shards::new(settings.workers as usize);
-    {
-        let mut conn = pool.get().await.context("taking a database connection")?;
-        let events = store::load::load_events(&mut conn, None).await?;
-        let n = events.len();
-        tokio::task::block_in_place(|| shards.fold(events));
-        tracing::info!(
-            events = n,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "state rebuilt from the event log"
-        );
-    }
+    // The state starts empty: each batch loads the stored rows it needs (`shards`). Only base
+    // rows written before those rows kept the fold's continuation need one rebuild first.
+    upgrade_base_rows(&pool, &lease).await?;
+    let mut shards = Shards::new(
+        settings.workers as usize,
+        settings.state_cache_keys as usize,
+    );
+    let committed = Arc::new(AtomicU64::new(0));
     let mut redis_out = stream::connect(
         &settings.connections.redis_url,
         settings.connections.redis_ca_cert(),
@@ -301,6 +296,7 @@ async fn pipeline(
             settings: settings.clone(),
             stats: stats.clone(),
             lease: lease.clone(),
+            committed: committed.clone(),
             forget: forget_tx,
             quarantine: quarantine.clone(),
         }
@@ -336,8 +332,18 @@ async fn pipeline(
                 shards.forget(&tx_hash, log_index);
             }
         }
+        let evicted = shards.release(committed.load(Ordering::Acquire));
+        let metrics = &stats.health.metrics;
+        metrics.state_cache_evicted_keys.inc_by(evicted as u64);
         let snapshot = quarantine.lock().map(|q| q.clone()).unwrap_or_default();
         let prepare_started = Instant::now();
+        let runtime = tokio::runtime::Handle::current();
+        let mut load = |needs: &shards::Needs| {
+            metrics
+                .state_cache_loaded_keys
+                .inc_by(needs.keys.len() as u64);
+            runtime.block_on(load_needs(&pool, needs))
+        };
         let cut = tokio::task::block_in_place(|| {
             prepare(
                 &mut shards,
@@ -346,8 +352,14 @@ async fn pipeline(
                 prepare_started,
                 settings.max_entry_bytes as usize,
                 &snapshot,
+                &mut load,
             )
         });
+        metrics.state_cache_keys.set(shards.cached_keys() as i64);
+        let cut = match cut {
+            Ok(cut) => cut,
+            Err(e) => break Err(e),
+        };
         tracing::trace!(
             micros = prepare_started.elapsed().as_micros() as u64,
             "prepared batch"
@@ -378,6 +390,36 @@ async fn pipeline(
         }
     }
     result
+}
+
+/// Reads what a batch needs and the shards lack: the stored events of its identities and the
+/// stored rows of its keys.
+async fn load_needs(
+    pool: &Pool,
+    needs: &shards::Needs,
+) -> anyhow::Result<(Vec<crate::domain::Event>, crate::domain::BaseRows)> {
+    let mut conn = pool.get().await.context("taking a database connection")?;
+    let stored = store::prior::load_identities(&mut conn, &needs.identities).await?;
+    let rows = store::prior::load_base(&mut conn, &needs.keys).await?;
+    Ok((stored, rows))
+}
+
+/// Base rows written before they kept what the fold continues from (migration
+/// `fold_continuation`): rebuilds them once from the event log, fenced by the lease.
+async fn upgrade_base_rows(pool: &Pool, lease: &store::lease::Lease) -> anyhow::Result<()> {
+    let mut conn = pool.get().await.context("taking a database connection")?;
+    if !store::rebuild::upgrade_pending(&mut conn).await? {
+        return Ok(());
+    }
+    tracing::warn!("base rows lack the fold's continuation (written before this version): rebuilding every derived table from the event log once");
+    let started = Instant::now();
+    let rebuilt = store::rebuild::replay_fenced(&mut conn, lease).await?;
+    tracing::info!(
+        events = rebuilt.events,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "derived tables rebuilt"
+    );
+    Ok(())
 }
 
 /// Waits, as a standby, until this process holds the writer lease of its group. `None` when

@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::shards::Shards;
+use super::shards::{Needs, Shards};
 use crate::domain::types::TxHash;
-use crate::domain::Event;
+use crate::domain::{BaseRows, Event};
 use crate::ingest::decode::{decode_envelope, Envelope, ReorgNotice};
 use crate::ingest::stream::{self, DeadLetter, Entry};
 use crate::store::dead_letters::WHOLE_ENTRY;
@@ -80,6 +80,8 @@ pub struct Prepared {
     pub origins: HashMap<(TxHash, i64), (usize, usize)>,
     pub entries: Vec<Entry>,
     pub acks: Vec<EntryKey>,
+    /// The fold's sequence number of the batch (`Shards::release` once committed).
+    pub batch: u64,
     pub new_events: usize,
     pub new_by_type: Vec<(String, u64)>,
     pub duplicates: usize,
@@ -131,7 +133,13 @@ pub struct Cut {
     pub rest: Vec<Entry>,
 }
 
-/// Decodes and folds a batch of entries into the rows it writes, cut as the module docs say.
+/// Loads what a batch reads that the shards lack: the stored events of its identities and the
+/// stored rows of its keys (`store::prior`; tests serve them from memory).
+pub type Loader<'a> = &'a mut dyn FnMut(&Needs) -> anyhow::Result<(Vec<Event>, BaseRows)>;
+
+/// Decodes and folds a batch of entries into the rows it writes, cut as the module docs say;
+/// `load` brings in what the fold reads and the shards do not hold. Fails only when loading does
+/// (a transient failure: nothing was folded).
 pub fn prepare(
     shards: &mut Shards,
     mut entries: Vec<Entry>,
@@ -139,7 +147,8 @@ pub fn prepare(
     read_at: Instant,
     max_entry_bytes: usize,
     quarantine: &Quarantine,
-) -> Cut {
+    load: Loader<'_>,
+) -> anyhow::Result<Cut> {
     let mut rest = Vec::new();
     if !quarantine.suspects.is_empty() {
         let suspect = |e: &Entry| {
@@ -189,11 +198,16 @@ pub fn prepare(
         acks.push((entry.stream.clone(), entry.id.clone()));
     }
     if acks.is_empty() {
-        return Cut {
+        return Ok(Cut {
             batch: None,
             reorg,
             rest,
-        };
+        });
+    }
+    let needs = shards.needs(&events);
+    if !needs.is_empty() {
+        let (stored, rows) = load(&needs)?;
+        shards.seed(stored, rows);
     }
     let folded = shards.fold(events);
     let generic_rows = event_rows(&folded.generic);
@@ -209,17 +223,18 @@ pub fn prepare(
         origins,
         entries,
         acks,
+        batch: folded.batch,
         new_events: folded.new_events,
         new_by_type: folded.new_by_type,
         read_at,
         duplicates: folded.duplicates,
         conflicts: folded.conflicts,
     };
-    Cut {
+    Ok(Cut {
         batch: Some(batch),
         reorg,
         rest,
-    }
+    })
 }
 
 /// Counts `entry` into its stream's progress row.
@@ -399,6 +414,11 @@ fn stream_id_key(id: &str) -> (u64, u64) {
 mod tests {
     use super::*;
 
+    /// A loader for a fold with nothing stored before it.
+    fn nothing_stored(_: &Needs) -> anyhow::Result<(Vec<Event>, BaseRows)> {
+        Ok(Default::default())
+    }
+
     fn entry(id: &str, payload: &str) -> Entry {
         Entry {
             stream: "in".to_owned(),
@@ -428,9 +448,18 @@ mod tests {
             entry("4-0", lines[1]),
             entry("5-0", notice),
         ];
-        let mut shards = Shards::new(2);
+        let mut shards = Shards::new(2, 1_000_000);
         let q = Quarantine::default();
-        let cut = prepare(&mut shards, entries, 2, Instant::now(), 1 << 20, &q);
+        let cut = prepare(
+            &mut shards,
+            entries,
+            2,
+            Instant::now(),
+            1 << 20,
+            &q,
+            &mut nothing_stored,
+        )
+        .expect("nothing to load");
         let batch = cut.batch.expect("the entries before the notice");
         assert_eq!(
             batch.acks,
@@ -457,13 +486,15 @@ mod tests {
         );
 
         let cut = prepare(
-            &mut Shards::new(1),
+            &mut Shards::new(1, 1_000_000),
             vec![entry("6-0", notice)],
             1,
             Instant::now(),
             1 << 20,
             &q,
-        );
+            &mut nothing_stored,
+        )
+        .expect("nothing to load");
         assert!(cut.batch.is_none(), "nothing before the notice: no batch");
         assert_eq!(cut.reorg.map(|r| r.entry_id), Some("6-0".to_owned()));
     }
@@ -486,8 +517,17 @@ mod tests {
             &[("in".into(), "1-0".into()), ("in".into(), "2-0".into())],
             "x",
         );
-        let mut shards = Shards::new(2);
-        let cut = prepare(&mut shards, entries(), 2, Instant::now(), 1 << 20, &q);
+        let mut shards = Shards::new(2, 1_000_000);
+        let cut = prepare(
+            &mut shards,
+            entries(),
+            2,
+            Instant::now(),
+            1 << 20,
+            &q,
+            &mut nothing_stored,
+        )
+        .expect("nothing to load");
         let acks: Vec<&str> = cut
             .batch
             .as_ref()
@@ -498,7 +538,16 @@ mod tests {
             .collect();
         assert_eq!(acks, ["1-0"]);
         assert_eq!(cut.rest.len(), 2);
-        let cut = prepare(&mut shards, cut.rest, 2, Instant::now(), 1 << 20, &q);
+        let cut = prepare(
+            &mut shards,
+            cut.rest,
+            2,
+            Instant::now(),
+            1 << 20,
+            &q,
+            &mut nothing_stored,
+        )
+        .expect("nothing to load");
         let acks: Vec<&str> = cut
             .batch
             .as_ref()
@@ -512,7 +561,16 @@ mod tests {
             ["2-0"],
             "a suspect after others: the others first, then it alone"
         );
-        let cut = prepare(&mut shards, cut.rest, 2, Instant::now(), 1 << 20, &q);
+        let cut = prepare(
+            &mut shards,
+            cut.rest,
+            2,
+            Instant::now(),
+            1 << 20,
+            &q,
+            &mut nothing_stored,
+        )
+        .expect("nothing to load");
         assert!(cut.rest.is_empty());
 
         // 1-0 committed alone; 2-0 was refused alone.
@@ -523,13 +581,15 @@ mod tests {
         );
         assert!(!q.suspects.contains(&("in".to_owned(), "2-0".to_owned())));
         let cut = prepare(
-            &mut Shards::new(1),
+            &mut Shards::new(1, 1_000_000),
             entries(),
             1,
             Instant::now(),
             1 << 20,
             &q,
-        );
+            &mut nothing_stored,
+        )
+        .expect("nothing to load");
         let batch = cut.batch.expect("batch");
         assert_eq!(batch.write.dead_letters.len(), 1);
         assert_eq!(batch.write.dead_letters[0].source_id, "2-0");
@@ -560,13 +620,15 @@ mod tests {
         assert!(payload.len() > 850_000);
         let started = Instant::now();
         let cut = prepare(
-            &mut Shards::new(1),
+            &mut Shards::new(1, 1_000_000),
             vec![entry("1-0", &payload)],
             1,
             Instant::now(),
             1 << 20,
             &Quarantine::default(),
-        );
+            &mut nothing_stored,
+        )
+        .expect("nothing to load");
         eprintln!(
             "prepare: {} bytes, 1,400 bad items dead-lettered in {:?}",
             payload.len(),

@@ -66,6 +66,9 @@ pub struct Writer {
     pub settings: SyncSettings,
     pub stats: Arc<SyncStats>,
     pub lease: Lease,
+    /// The sequence number of the last batch committed, for the reader's cache
+    /// (`Shards::release`).
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
     pub forget: Forget,
     pub quarantine: Arc<Mutex<Quarantine>>,
 }
@@ -120,6 +123,8 @@ impl Writer {
     async fn write_batch(&self, p: Prepared) -> anyhow::Result<()> {
         let started = Instant::now();
         let committed = self.commit(&p).await?;
+        self.committed
+            .fetch_max(p.batch, std::sync::atomic::Ordering::Release);
         let commit_time = started.elapsed();
         let stats = &self.stats;
         stats.record_commit(commit_time);

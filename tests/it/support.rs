@@ -79,6 +79,7 @@ impl TestEnv {
             processing_timeout_ms: 2_000,
             max_retries: 3,
             lease_ttl_ms: 2_000,
+            state_cache_keys: 500_000,
             input_retention: redis_postgres_sync::config::InputRetention::Keep,
             max_entry_bytes: 1 << 20,
             analytics: AnalyticsSettings {

@@ -1,0 +1,424 @@
+//! Reading the stored base rows of given keys — what the `sync` service's state cache loads
+//! before it folds a batch (`sync::shards`) and what a reorg recomputes from (`store::reorg`) —
+//! and the stored events of given identities (the batch's identity check).
+//!
+//! One set-based query per table: keys travel as arrays (`= ANY($1)`, or `UNNEST` for composite
+//! keys), so the cost is a few index probes per key whatever the size of the history.
+
+use anyhow::{anyhow, Context};
+use diesel::sql_types::{Array, BigInt, Bool, Bytea, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use primitive_types::U256;
+
+use super::load::load_events;
+use crate::domain::rows::{AtomRow, PositionRow, TermRow, TripleRow, VaultRow};
+use crate::domain::types::{TermType, TxHash};
+use crate::domain::{Address, BaseRows, Bytes32, Event, Keys, Order, VaultType};
+
+/// The stored rows of `keys`: atoms, triples, terms with every vault of those terms, positions.
+/// Keys with no row are left out (the fold starts them fresh).
+pub async fn load_base(conn: &mut AsyncPgConnection, keys: &Keys) -> anyhow::Result<BaseRows> {
+    let mut rows = BaseRows::default();
+    if !keys.atoms.is_empty() {
+        let ids: Vec<String> = keys.atoms.iter().map(ToString::to_string).collect();
+        let found: Vec<AtomRecord> = diesel::sql_query(
+            "SELECT term_id, creator_id, wallet_id, data, raw_data, block_number, log_index, \
+             transaction_hash, extract(epoch from created_at)::int8 AS created_at \
+             FROM atom WHERE term_id = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(ids)
+        .load(conn)
+        .await
+        .context("reading stored atom rows")?;
+        rows.atoms = found
+            .into_iter()
+            .map(AtomRecord::into_row)
+            .collect::<anyhow::Result<_>>()
+            .context("a stored atom row")?;
+    }
+    if !keys.triples.is_empty() {
+        let ids: Vec<String> = keys.triples.iter().map(ToString::to_string).collect();
+        let found: Vec<TripleRecord> = diesel::sql_query(
+            "SELECT term_id, counter_term_id, creator_id, subject_id, predicate_id, object_id, \
+             block_number, log_index, transaction_hash, \
+             extract(epoch from created_at)::int8 AS created_at \
+             FROM triple WHERE term_id = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(ids)
+        .load(conn)
+        .await
+        .context("reading stored triple rows")?;
+        rows.triples = found
+            .into_iter()
+            .map(TripleRecord::into_row)
+            .collect::<anyhow::Result<_>>()
+            .context("a stored triple row")?;
+    }
+    if !keys.terms.is_empty() {
+        let ids: Vec<String> = keys.terms.iter().map(ToString::to_string).collect();
+        let found: Vec<TermRecord> = diesel::sql_query(
+            "SELECT id, type, atom_id, triple_id, total_assets::text AS total_assets, \
+             total_market_cap::text AS total_market_cap, is_atom, is_triple, counter_of \
+             FROM term WHERE id = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(ids.clone())
+        .load(conn)
+        .await
+        .context("reading stored term rows")?;
+        rows.terms = found
+            .into_iter()
+            .map(TermRecord::into_row)
+            .collect::<anyhow::Result<_>>()
+            .context("a stored term row")?;
+        let found: Vec<VaultRecord> = diesel::sql_query(
+            "SELECT term_id, curve_id::text AS curve_id, total_shares::text AS total_shares, \
+             current_share_price::text AS current_share_price, total_assets::text AS total_assets, \
+             market_cap::text AS market_cap, position_count, vault_type, price_block_number, \
+             price_log_index, price_transaction_hash, type_block_number, type_log_index, \
+             type_transaction_hash FROM vault WHERE term_id = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(ids)
+        .load(conn)
+        .await
+        .context("reading stored vault rows")?;
+        rows.vaults = found
+            .into_iter()
+            .map(VaultRecord::into_row)
+            .collect::<anyhow::Result<_>>()
+            .context("a stored vault row")?;
+    }
+    if !keys.positions.is_empty() {
+        let (mut accounts, mut terms, mut curves) = (Vec::new(), Vec::new(), Vec::new());
+        for (a, t, c) in &keys.positions {
+            accounts.push(a.to_checksum());
+            terms.push(t.to_string());
+            curves.push(c.to_string());
+        }
+        let found: Vec<PositionRecord> = diesel::sql_query(
+            "SELECT p.account_id, p.term_id, p.curve_id::text AS curve_id, p.shares::text AS shares, \
+             p.total_deposit_assets_after_total_fees::text AS deposits, \
+             p.total_redeem_assets_for_receiver::text AS redeems, \
+             extract(epoch from p.created_at)::int8 AS created_at, \
+             extract(epoch from p.updated_at)::int8 AS updated_at, \
+             p.first_block_number, p.first_log_index, p.first_transaction_hash, \
+             p.last_block_number, p.last_log_index, p.last_transaction_hash \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(account_id, term_id, curve_id) \
+             JOIN position p ON p.account_id = k.account_id AND p.term_id = k.term_id \
+             AND p.curve_id = k.curve_id::numeric",
+        )
+        .bind::<Array<Text>, _>(accounts)
+        .bind::<Array<Text>, _>(terms)
+        .bind::<Array<Text>, _>(curves)
+        .load(conn)
+        .await
+        .context("reading stored position rows")?;
+        rows.positions = found
+            .into_iter()
+            .map(PositionRecord::into_row)
+            .collect::<anyhow::Result<_>>()
+            .context("a stored position row")?;
+    }
+    Ok(rows)
+}
+
+/// The stored events (any of the six event tables) with one of `identities`.
+pub async fn load_identities(
+    conn: &mut AsyncPgConnection,
+    identities: &[(TxHash, i64)],
+) -> anyhow::Result<Vec<Event>> {
+    if identities.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Hex ids and integers the decoder checked: inlined as literals, nothing to escape.
+    let hashes: Vec<String> = identities.iter().map(|(h, _)| format!("'{h}'")).collect();
+    let logs: Vec<String> = identities.iter().map(|(_, l)| l.to_string()).collect();
+    let filter = format!(
+        "(transaction_hash, log_index) IN (SELECT * FROM UNNEST(ARRAY[{}]::text[], ARRAY[{}]::int8[]))",
+        hashes.join(","),
+        logs.join(",")
+    );
+    load_events(conn, Some(&filter))
+        .await
+        .context("reading stored events of the batch's identities")
+}
+
+fn b32(s: &str) -> anyhow::Result<Bytes32> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
+        .with_context(|| format!("{s:?} is not 32 bytes of hex"))?;
+    Ok(Bytes32(out))
+}
+
+fn address(s: &str) -> anyhow::Result<Address> {
+    let mut out = [0u8; 20];
+    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
+        .with_context(|| format!("{s:?} is not an address"))?;
+    Ok(Address(out))
+}
+
+fn num(s: &str) -> anyhow::Result<U256> {
+    U256::from_dec_str(s).map_err(|e| anyhow!("{s:?} is not a uint256: {e:?}"))
+}
+
+fn order(block_number: i64, log_index: i64, tx: &str) -> anyhow::Result<Order> {
+    Ok(Order {
+        block_number,
+        log_index,
+        transaction_hash: b32(tx)?,
+    })
+}
+
+fn vault_type(s: &str) -> anyhow::Result<VaultType> {
+    match s {
+        "Atom" => Ok(VaultType::Atom),
+        "Triple" => Ok(VaultType::Triple),
+        "CounterTriple" => Ok(VaultType::CounterTriple),
+        other => Err(anyhow!("unknown vault type {other:?}")),
+    }
+}
+
+fn term_type(s: &str) -> anyhow::Result<TermType> {
+    match s {
+        "Atom" => Ok(TermType::Atom),
+        "Triple" => Ok(TermType::Triple),
+        "CounterTriple" => Ok(TermType::CounterTriple),
+        "Unknown" => Ok(TermType::Unknown),
+        other => Err(anyhow!("unknown term type {other:?}")),
+    }
+}
+
+#[derive(QueryableByName)]
+struct AtomRecord {
+    #[diesel(sql_type = Text)]
+    term_id: String,
+    #[diesel(sql_type = Text)]
+    creator_id: String,
+    #[diesel(sql_type = Text)]
+    wallet_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    data: Option<String>,
+    #[diesel(sql_type = Bytea)]
+    raw_data: Vec<u8>,
+    #[diesel(sql_type = BigInt)]
+    block_number: i64,
+    #[diesel(sql_type = BigInt)]
+    log_index: i64,
+    #[diesel(sql_type = Text)]
+    transaction_hash: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    created_at: Option<i64>,
+}
+
+impl AtomRecord {
+    fn into_row(self) -> anyhow::Result<AtomRow> {
+        Ok(AtomRow {
+            term_id: b32(&self.term_id)?,
+            creator_id: address(&self.creator_id)?,
+            wallet_id: address(&self.wallet_id)?,
+            data: self.data,
+            raw_data: self.raw_data,
+            block_number: self.block_number,
+            log_index: self.log_index,
+            transaction_hash: b32(&self.transaction_hash)?,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct TripleRecord {
+    #[diesel(sql_type = Text)]
+    term_id: String,
+    #[diesel(sql_type = Text)]
+    counter_term_id: String,
+    #[diesel(sql_type = Text)]
+    creator_id: String,
+    #[diesel(sql_type = Text)]
+    subject_id: String,
+    #[diesel(sql_type = Text)]
+    predicate_id: String,
+    #[diesel(sql_type = Text)]
+    object_id: String,
+    #[diesel(sql_type = BigInt)]
+    block_number: i64,
+    #[diesel(sql_type = BigInt)]
+    log_index: i64,
+    #[diesel(sql_type = Text)]
+    transaction_hash: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    created_at: Option<i64>,
+}
+
+impl TripleRecord {
+    fn into_row(self) -> anyhow::Result<TripleRow> {
+        Ok(TripleRow {
+            term_id: b32(&self.term_id)?,
+            counter_term_id: b32(&self.counter_term_id)?,
+            creator_id: address(&self.creator_id)?,
+            subject_id: b32(&self.subject_id)?,
+            predicate_id: b32(&self.predicate_id)?,
+            object_id: b32(&self.object_id)?,
+            block_number: self.block_number,
+            log_index: self.log_index,
+            transaction_hash: b32(&self.transaction_hash)?,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct TermRecord {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text, column_name = "type")]
+    term_type: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    atom_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    triple_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    total_assets: String,
+    #[diesel(sql_type = Text)]
+    total_market_cap: String,
+    #[diesel(sql_type = Bool)]
+    is_atom: bool,
+    #[diesel(sql_type = Bool)]
+    is_triple: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    counter_of: Option<String>,
+}
+
+impl TermRecord {
+    fn into_row(self) -> anyhow::Result<TermRow> {
+        Ok(TermRow {
+            id: b32(&self.id)?,
+            term_type: term_type(&self.term_type)?,
+            atom_id: self.atom_id.as_deref().map(b32).transpose()?,
+            triple_id: self.triple_id.as_deref().map(b32).transpose()?,
+            total_assets: num(&self.total_assets)?,
+            total_market_cap: num(&self.total_market_cap)?,
+            is_atom: self.is_atom,
+            is_triple: self.is_triple,
+            counter_of: self.counter_of.as_deref().map(b32).transpose()?,
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct VaultRecord {
+    #[diesel(sql_type = Text)]
+    term_id: String,
+    #[diesel(sql_type = Text)]
+    curve_id: String,
+    #[diesel(sql_type = Text)]
+    total_shares: String,
+    #[diesel(sql_type = Text)]
+    current_share_price: String,
+    #[diesel(sql_type = Text)]
+    total_assets: String,
+    #[diesel(sql_type = Text)]
+    market_cap: String,
+    #[diesel(sql_type = BigInt)]
+    position_count: i64,
+    #[diesel(sql_type = Text)]
+    vault_type: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    price_block_number: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    price_log_index: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    price_transaction_hash: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    type_block_number: i64,
+    #[diesel(sql_type = BigInt)]
+    type_log_index: i64,
+    #[diesel(sql_type = Text)]
+    type_transaction_hash: String,
+}
+
+impl VaultRecord {
+    fn into_row(self) -> anyhow::Result<VaultRow> {
+        let price_at = match (
+            self.price_block_number,
+            self.price_log_index,
+            self.price_transaction_hash.as_deref(),
+        ) {
+            (Some(b), Some(l), Some(t)) => Some(order(b, l, t)?),
+            _ => None,
+        };
+        Ok(VaultRow {
+            term_id: b32(&self.term_id)?,
+            curve_id: num(&self.curve_id)?,
+            total_shares: num(&self.total_shares)?,
+            current_share_price: num(&self.current_share_price)?,
+            total_assets: num(&self.total_assets)?,
+            market_cap: num(&self.market_cap)?,
+            position_count: self.position_count,
+            vault_type: vault_type(&self.vault_type)?,
+            price_at,
+            type_at: order(
+                self.type_block_number,
+                self.type_log_index,
+                &self.type_transaction_hash,
+            )?,
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct PositionRecord {
+    #[diesel(sql_type = Text)]
+    account_id: String,
+    #[diesel(sql_type = Text)]
+    term_id: String,
+    #[diesel(sql_type = Text)]
+    curve_id: String,
+    #[diesel(sql_type = Text)]
+    shares: String,
+    #[diesel(sql_type = Text)]
+    deposits: String,
+    #[diesel(sql_type = Text)]
+    redeems: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    created_at: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    updated_at: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    first_block_number: i64,
+    #[diesel(sql_type = BigInt)]
+    first_log_index: i64,
+    #[diesel(sql_type = Text)]
+    first_transaction_hash: String,
+    #[diesel(sql_type = BigInt)]
+    last_block_number: i64,
+    #[diesel(sql_type = BigInt)]
+    last_log_index: i64,
+    #[diesel(sql_type = Text)]
+    last_transaction_hash: String,
+}
+
+impl PositionRecord {
+    fn into_row(self) -> anyhow::Result<PositionRow> {
+        Ok(PositionRow {
+            account_id: address(&self.account_id)?,
+            term_id: b32(&self.term_id)?,
+            curve_id: num(&self.curve_id)?,
+            shares: num(&self.shares)?,
+            total_deposit_assets_after_total_fees: num(&self.deposits)?,
+            total_redeem_assets_for_receiver: num(&self.redeems)?,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            first_at: order(
+                self.first_block_number,
+                self.first_log_index,
+                &self.first_transaction_hash,
+            )?,
+            last_at: order(
+                self.last_block_number,
+                self.last_log_index,
+                &self.last_transaction_hash,
+            )?,
+        })
+    }
+}
