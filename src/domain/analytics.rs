@@ -256,6 +256,23 @@ pub fn recompute(
     out
 }
 
+/// The pair rows once triples no longer count where they did: each `(triple, its stored
+/// triple_term row)` is removed from the pairs of `triple` (a reorg took its creation out, or
+/// left an older one naming other ids). `stored_po` / `stored_sp`: the stored rows of those
+/// pairs. Returns the pair writes `(predicate_object, subject_predicate)`.
+pub fn withdraw(
+    gone: &[(TripleKeys, TripleTermRow)],
+    stored_po: &[PairRow],
+    stored_sp: &[PairRow],
+) -> (Vec<PairWrite>, Vec<PairWrite>) {
+    let (mut po, mut sp) = (Pairs::load(stored_po), Pairs::load(stored_sp));
+    for (t, row) in gone {
+        po.get(t.predicate_object()).remove(row);
+        sp.get(t.subject_predicate()).remove(row);
+    }
+    (po.writes(), sp.writes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,6 +311,20 @@ pub async fn write(conn: &mut AsyncPgConnection, w: &AnalyticsWrite) -> anyhow::
     Ok(())
 }
 
+/// Deletes the triple_term rows of `triples` (their triple_vault rows go with a write whose
+/// `triples` names them and whose `triple_vaults` has none of theirs).
+pub async fn delete_triple_terms(
+    conn: &mut AsyncPgConnection,
+    triples: &[String],
+) -> anyhow::Result<()> {
+    diesel::sql_query("DELETE FROM triple_term WHERE term_id = ANY($1)")
+        .bind::<Array<Text>, _>(triples)
+        .execute(conn)
+        .await
+        .context("deleting triple_term rows")?;
+    Ok(())
+}
+
 /// Deletes the pairs left with no triple (`None` in `writes`).
 async fn delete_pairs(
     conn: &mut AsyncPgConnection,

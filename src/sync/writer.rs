@@ -334,8 +334,8 @@ impl Writer {
     }
 
     /// Applies a reorg notice (every earlier entry of its stream is committed by now), then
-    /// acknowledges it. No processing timeout: a rebuild's work grows with the event log, not
-    /// with a batch. A notice PostgreSQL refuses is dead-lettered instead.
+    /// acknowledges it. No processing timeout: its work grows with the events the notice orphans
+    /// (a deep reorg can exceed a batch's). A notice PostgreSQL refuses is dead-lettered instead.
     async fn apply_reorg(&self, r: ReorgWork) -> anyhow::Result<()> {
         let group = self.settings.consumer_group.as_str();
         let retries = self.settings.max_retries;
@@ -384,7 +384,7 @@ impl Writer {
             ReorgOutcome::Applied {
                 reorg_id,
                 moved,
-                rebuilt,
+                recomputed,
             } => {
                 let events_moved = outcome.events_moved();
                 stats.reorgs.fetch_add(1, Ordering::Relaxed);
@@ -398,9 +398,13 @@ impl Writer {
                     fork_block = r.notice.fork_block,
                     events_moved,
                     per_table = ?moved.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
-                    events_left = rebuilt.as_ref().map(|b| b.events),
+                    keys_recomputed = recomputed.keys,
+                    events_read = recomputed.events_read,
+                    rows_written = recomputed.rows_written,
+                    rows_deleted = recomputed.rows_deleted,
+                    triples_withdrawn = recomputed.triples_withdrawn,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "reorg applied: orphaned events moved to reorged_events, derived tables rebuilt"
+                    "reorg applied: orphaned events moved to reorged_events, the rows they touched recomputed"
                 );
             }
         }
