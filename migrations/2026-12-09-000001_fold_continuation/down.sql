@@ -1,3 +1,5 @@
+DROP INDEX position_vault;
+CREATE INDEX position_term ON position (term_id, curve_id);
 DROP INDEX triple_created_events_term;
 DROP INDEX atom_created_events_term;
 DROP INDEX share_price_changed_events_vault;
@@ -13,3 +15,15 @@ ALTER TABLE vault
 ALTER TABLE position
     DROP COLUMN first_block_number, DROP COLUMN first_log_index, DROP COLUMN first_transaction_hash,
     DROP COLUMN last_block_number, DROP COLUMN last_log_index, DROP COLUMN last_transaction_hash;
+DROP INDEX atom_created_events_block;
+DROP INDEX triple_created_events_block;
+DROP INDEX deposited_events_block;
+DROP INDEX redeemed_events_block;
+DROP INDEX share_price_changed_events_block;
+DROP INDEX generic_events_block;
+CREATE INDEX atom_created_events_block ON atom_created_events USING brin (block_number);
+CREATE INDEX triple_created_events_block ON triple_created_events USING brin (block_number);
+CREATE INDEX deposited_events_block ON deposited_events USING brin (block_number);
+CREATE INDEX redeemed_events_block ON redeemed_events USING brin (block_number);
+CREATE INDEX share_price_changed_events_block ON share_price_changed_events USING brin (block_number);
+CREATE INDEX generic_events_block ON generic_events USING brin (block_number);

@@ -31,6 +31,28 @@ CREATE TABLE fold_upgrade (
 );
 INSERT INTO fold_upgrade (pending) SELECT true WHERE EXISTS (SELECT 1 FROM term);
 
+-- The batch's position lookup goes by the primary key; the old (term_id, curve_id) index let the
+-- planner pick it for that lookup and filter a hot vault's positions one by one. With the account
+-- in it, it still serves "the positions of a vault" and is exact for the lookup too.
+DROP INDEX position_term;
+CREATE INDEX position_vault ON position (term_id, curve_id, account_id);
+
+-- A reorg reads and moves the events at or after its fork block: a B-tree on block_number finds
+-- them in a few reads (the BRIN indexes were skipped by the planner for a seq scan of the whole
+-- table, which grew with the history).
+DROP INDEX atom_created_events_block;
+DROP INDEX triple_created_events_block;
+DROP INDEX deposited_events_block;
+DROP INDEX redeemed_events_block;
+DROP INDEX share_price_changed_events_block;
+DROP INDEX generic_events_block;
+CREATE INDEX atom_created_events_block ON atom_created_events (block_number);
+CREATE INDEX triple_created_events_block ON triple_created_events (block_number);
+CREATE INDEX deposited_events_block ON deposited_events (block_number);
+CREATE INDEX redeemed_events_block ON redeemed_events (block_number);
+CREATE INDEX share_price_changed_events_block ON share_price_changed_events (block_number);
+CREATE INDEX generic_events_block ON generic_events (block_number);
+
 -- A reorg recomputes only the keys its orphaned events touched, from their remaining events:
 -- every event of a touched position, the newest event of each kind of a touched vault, the
 -- newest creation of a touched atom or triple. These indexes make each of those a few reads.

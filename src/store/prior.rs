@@ -11,7 +11,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use primitive_types::U256;
 
-use super::load::load_events;
+use super::load::{load_events, EVENT_LOG};
 use crate::domain::rows::{AtomRow, PositionRow, TermRow, TripleRow, VaultRow};
 use crate::domain::types::{TermType, TxHash};
 use crate::domain::{Address, BaseRows, Bytes32, Event, Keys, Order, VaultType};
@@ -122,7 +122,9 @@ pub async fn load_base(conn: &mut AsyncPgConnection, keys: &Keys) -> anyhow::Res
     Ok(rows)
 }
 
-/// The stored events (any of the six event tables) with one of `identities`.
+/// The stored events (any of the six event tables) with one of `identities`: one statement
+/// finds which are stored (index probes on the primary keys, identities bound as arrays); only
+/// those few — redeliveries, conflicts — are then read whole.
 pub async fn load_identities(
     conn: &mut AsyncPgConnection,
     identities: &[(TxHash, i64)],
@@ -130,9 +132,36 @@ pub async fn load_identities(
     if identities.is_empty() {
         return Ok(Vec::new());
     }
-    // Hex ids and integers the decoder checked: inlined as literals, nothing to escape.
-    let hashes: Vec<String> = identities.iter().map(|(h, _)| format!("'{h}'")).collect();
-    let logs: Vec<String> = identities.iter().map(|(_, l)| l.to_string()).collect();
+    let (hashes, logs): (Vec<String>, Vec<i64>) =
+        identities.iter().map(|(h, l)| (h.to_string(), *l)).unzip();
+    let probes: Vec<String> = EVENT_LOG
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT e.transaction_hash, e.log_index FROM {t} e \
+                 JOIN k ON e.transaction_hash = k.tx AND e.log_index = k.li"
+            )
+        })
+        .collect();
+    let sql = format!(
+        "WITH k(tx, li) AS (SELECT * FROM UNNEST($1::text[], $2::int8[])) {}",
+        probes.join(" UNION ALL ")
+    );
+    let found: Vec<IdentityRecord> = diesel::sql_query(sql)
+        .bind::<Array<Text>, _>(hashes)
+        .bind::<Array<BigInt>, _>(logs)
+        .load(conn)
+        .await
+        .context("looking up the batch's identities in the event log")?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Hex ids and integers read back from the event log: inlined as literals.
+    let hashes: Vec<String> = found
+        .iter()
+        .map(|r| format!("'{}'", r.transaction_hash))
+        .collect();
+    let logs: Vec<String> = found.iter().map(|r| r.log_index.to_string()).collect();
     let filter = format!(
         "(transaction_hash, log_index) IN (SELECT * FROM UNNEST(ARRAY[{}]::text[], ARRAY[{}]::int8[]))",
         hashes.join(","),
@@ -141,6 +170,14 @@ pub async fn load_identities(
     load_events(conn, Some(&filter))
         .await
         .context("reading stored events of the batch's identities")
+}
+
+#[derive(QueryableByName)]
+struct IdentityRecord {
+    #[diesel(sql_type = Text)]
+    transaction_hash: String,
+    #[diesel(sql_type = BigInt)]
+    log_index: i64,
 }
 
 fn b32(s: &str) -> anyhow::Result<Bytes32> {

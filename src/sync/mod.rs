@@ -4,22 +4,24 @@
 //! decoded and folded:
 //!
 //! - the **reader** re-reads this consumer's pending entries, claims idle entries of dead
-//!   consumers, then reads new ones; it decodes them and folds them into the sharded state,
+//!   consumers, then reads new ones; it decodes them, loads from Postgres the stored rows and
+//!   events the batch reads that the state cache lacks, and folds them into the sharded state,
 //!   producing the rows the batch changes;
 //! - the **writer** commits each batch (event log, changed rows, progress, outbox) in one
 //!   transaction, then publishes the term updates, dead-letters bad input and acknowledges.
 //!
 //! A reorg notice (SPEC §5) cuts its batch: the reader sends the entries before it as a batch,
 //! then the notice, and stops reading. The writer commits the batch, then applies the notice in
-//! one transaction (`store::reorg`: orphaned events leave the event log, every derived table is
-//! rebuilt), acknowledges it, and the pipeline restarts, so the in-memory state is rebuilt from
-//! the event log without the orphaned events. Entries after the notice were never folded; still
-//! pending, they are read again after the restart, so they apply after the reorg.
+//! one transaction (`store::reorg`: orphaned events leave the event log, the rows they touched are
+//! recomputed), acknowledges it, and the pipeline restarts with an empty cache. Entries after the
+//! notice were never folded; still pending, they are read again after the restart, so they apply
+//! after the reorg.
 //!
-//! **Architecture Invariant:** the in-memory state is a fold of the committed event log plus the
-//! batches in flight. Any failure tears the pipeline down and rebuilds the state from Postgres, so
-//! a batch that did not commit leaves no trace anywhere; its entries, never acknowledged, are read
-//! again from the pending list.
+//! **Architecture Invariant:** the in-memory state is a cache of the fold of the committed event
+//! log plus the batches in flight (`shards`). Any failure tears the pipeline down and starts again
+//! with an empty cache, so a batch that did not commit leaves no trace anywhere; its entries,
+//! never acknowledged, are read again from the pending list. A start costs no more than the first
+//! batch: nothing is read that no batch needs.
 //!
 //! **Architecture Invariant:** no input stops a stream. What the decoder refuses is dead-lettered
 //! with the batch; what PostgreSQL refuses is isolated by the writer and dead-lettered, and the
@@ -202,7 +204,7 @@ pub async fn run(
                     &stats.restarts,
                     failures,
                     &e,
-                    "sync pipeline (state rebuilt from Postgres)",
+                    "sync pipeline (restarted on the stored rows)",
                     &mut stop,
                 )
                 .await
@@ -219,7 +221,7 @@ pub async fn run(
 enum Ended {
     /// Shutdown was requested.
     Stopped,
-    /// A reorg was applied: the in-memory state must be rebuilt from the event log.
+    /// A reorg was applied: the cached state must be dropped (the stored rows changed under it).
     Reorged,
 }
 
@@ -342,7 +344,15 @@ async fn pipeline(
             metrics
                 .state_cache_loaded_keys
                 .inc_by(needs.keys.len() as u64);
-            runtime.block_on(load_needs(&pool, needs))
+            let started = Instant::now();
+            let loaded = runtime.block_on(load_needs(&pool, needs));
+            tracing::debug!(
+                identities = needs.identities.len(),
+                keys = needs.keys.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "loaded what the batch reads"
+            );
+            loaded
         };
         let cut = tokio::task::block_in_place(|| {
             prepare(
@@ -360,7 +370,7 @@ async fn pipeline(
             Ok(cut) => cut,
             Err(e) => break Err(e),
         };
-        tracing::trace!(
+        tracing::debug!(
             micros = prepare_started.elapsed().as_micros() as u64,
             "prepared batch"
         );
