@@ -428,18 +428,10 @@ pub async fn scale(
     let input = format!("{name}:in");
     let term_updates = format!("{name}:term_updates");
     let mut redis = stream::connect(&opts.redis_url, opts.redis_ca_cert.as_deref()).await?;
-    let text = std::fs::read_to_string(fixture)
-        .with_context(|| format!("reading {}", fixture.display()))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let highest = highest_block(lines.iter().copied())
-        .with_context(|| format!("no block number in {}", fixture.display()))?;
+    let (total, highest) =
+        publish_fixture(&mut redis, &input, fixture, &opts.publish, &mut progress).await?;
+    let highest = highest.with_context(|| format!("no block number in {}", fixture.display()))?;
     let fork_block = fork_block_at_head(highest, SCALE_REORG_DEPTH);
-    let total = publish(&mut redis, &input, &lines, &opts.publish, |n| {
-        progress("publish", n as u64, lines.len() as u64)
-    })
-    .await?;
-    drop(lines);
-    drop(text);
     let settings = bench_settings(opts, &database_url, &input, &term_updates);
     let outcome = async {
         // 1. Sync the history.
@@ -547,6 +539,57 @@ pub async fn scale(
         .await?;
     }
     outcome
+}
+
+/// Publishes the fixture at `path` to `input`; returns the entries written and the highest block.
+/// In file order (no shuffle, no duplicates) it streams the file in chunks, so a 10 M-event
+/// fixture never sits in this process's memory (whose peak RSS the scale mode measures).
+async fn publish_fixture(
+    redis: &mut redis::aio::MultiplexedConnection,
+    input: &str,
+    path: &std::path::Path,
+    opts: &PublishOptions,
+    progress: &mut impl FnMut(&str, u64, u64),
+) -> anyhow::Result<(usize, Option<i64>)> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if opts.shuffle || opts.duplicate_share > 0.0 {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let highest = highest_block(lines.iter().copied());
+        let total = publish(redis, input, &lines, opts, |n| {
+            progress("publish", n as u64, lines.len() as u64)
+        })
+        .await?;
+        return Ok((total, highest));
+    }
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let (mut total, mut highest, mut read) = (0usize, None::<i64>, 0u64);
+    let mut chunk: Vec<String> = Vec::with_capacity(50_000);
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .with_context(|| format!("reading {}", path.display()))?;
+        read += n as u64;
+        if n > 0 && !line.trim().is_empty() {
+            chunk.push(line.trim_end().to_owned());
+        }
+        if (n == 0 && !chunk.is_empty()) || chunk.len() == 50_000 {
+            let lines: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            highest = highest.max(highest_block(lines.iter().copied()));
+            total += publish(redis, input, &lines, opts, |_| {}).await?;
+            progress("publish", read, size);
+            chunk.clear();
+        }
+        if n == 0 {
+            return Ok((total, highest));
+        }
+    }
 }
 
 /// The settings of the service under test: sync and analytics on `input` and `term_updates`,
