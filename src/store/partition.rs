@@ -215,18 +215,8 @@ pub async fn run<B: Backend>(
         events,
     });
     for (range, links) in links.iter().enumerate() {
-        let own = backend.range_events(ranges, range).await?;
-        events += own.len();
-        let mut rows = cpu_bound(|| fold_range(ranges, range, &own, links))?;
-        drop(own);
-        if plan.analytics {
-            let counters = outside_counters(ranges, range, &rows);
-            let counter_events = backend.vault_events(&counters).await?;
-            cpu_bound(|| {
-                let figures = counter_figures(&counter_events);
-                add_triple_analytics(ranges, range, &mut rows, &figures, &mut pairs);
-            });
-        }
+        let (n, rows) = fold_one(backend, plan, range, links, &mut pairs).await?;
+        events += n;
         add_counts(&mut counts, &rows);
         backend.range_rows(ranges, range, rows).await?;
         progress(Step::Range {
@@ -247,6 +237,31 @@ pub async fn run<B: Backend>(
         events,
         rows: counts.to_vec(),
     })
+}
+
+/// Range `range`: the number of its events and its rows (base, and triple-level when planned),
+/// its triples counted into `pairs`.
+async fn fold_one<B: Backend>(
+    backend: &mut B,
+    plan: Plan,
+    range: usize,
+    links: &[TermId],
+    pairs: &mut Pairs,
+) -> anyhow::Result<(usize, Tables)> {
+    let ranges = plan.ranges;
+    let own = backend.range_events(ranges, range).await?;
+    let mut rows = cpu_bound(|| fold_range(ranges, range, &own, links))?;
+    let events = own.len();
+    drop(own);
+    if plan.analytics {
+        let counters = outside_counters(ranges, range, &rows);
+        let counter_events = backend.vault_events(&counters).await?;
+        cpu_bound(|| {
+            let figures = counter_figures(&counter_events);
+            add_triple_analytics(ranges, range, &mut rows, &figures, pairs);
+        });
+    }
+    Ok((events, rows))
 }
 
 fn add_counts(counts: &mut [(&'static str, usize); 9], rows: &Tables) {

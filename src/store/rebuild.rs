@@ -3,7 +3,7 @@
 //! every row of the nine derived tables, then fold the event log key range by key range
 //! ([`partition`]: each range's events, the base rows of its terms, the triple-level rows of its
 //! triples) and insert each range's rows as soon as it is folded, set-based ([`RowSet`]s of at
-//! most [`CHUNK`] rows); the pair tables (predicate_object, subject_predicate) last, from the
+//! most `CHUNK` rows); the pair tables (predicate_object, subject_predicate) last, from the
 //! aggregates kept across ranges. Until the transaction commits, readers keep seeing the old rows
 //! (MVCC); after it, they see f(E) for the event log E that was read.
 //!
@@ -37,7 +37,7 @@ pub enum Step {
         total: usize,
         events: usize,
     },
-    /// After the last range: the `rows` rows of the two pair tables are written (or compared).
+    /// After the last range: writing (or comparing) the `rows` rows of the two pair tables.
     Pairs { rows: usize },
 }
 
