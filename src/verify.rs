@@ -2,6 +2,15 @@
 //! by row, reading both from one snapshot (a REPEATABLE READ, READ ONLY transaction), and reports
 //! per table the rows checked, missing, extra and differing, with examples keyed by column.
 //!
+//! It works key range by key range, in bounded memory: the fold of one range of term ids
+//! (`store::partition`, the same engine `replay` writes from) is compared with the stored rows of
+//! that range only, read with the same key filter (`store::load::load_table_range`), and the
+//! counts and the first examples are accumulated per table ([`Tally`]); the pair tables are
+//! compared last, range by range of their first id. What is kept across ranges: the tallies, the
+//! triple ids and the pair aggregates of the fold. The triple-level figures come from the fold of
+//! the events (the vault events of the counter terms are read and folded apart), never from
+//! stored rows, so a drifted vault row cannot hide a drifted triple_vault row.
+//!
 //! The base tables (atom, triple, position, vault, term) commit with the event log, so any
 //! difference there is drift. The four analytics tables follow through `term_updates`
 //! (eventually consistent): a difference there can also mean the analytics consumer is behind.
@@ -13,8 +22,12 @@ use diesel_async::AsyncPgConnection;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use crate::store::load::{compare, TableDiff, TableShape, ANALYTICS_TABLES, DERIVED};
-use crate::store::rebuild::{fold_event_log, Progress};
+use crate::domain::{Event, Tables, TermId};
+use crate::store::load::{
+    self, canonical, diff, CanonicalTable, KeyFilter, TableShape, ANALYTICS_TABLES, DERIVED,
+};
+use crate::store::partition::{self, pairs_by_range, Backend, Plan, Ranges};
+use crate::store::rebuild::Progress;
 
 /// What `verify` found.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -128,23 +141,51 @@ pub async fn verify(
     examples: usize,
     progress: Progress<'_>,
 ) -> anyhow::Result<Report> {
+    verify_in(conn, only, examples, None, progress).await
+}
+
+/// [`verify`] in `ranges` key ranges (`None`: as many as the log's size calls for).
+pub async fn verify_in(
+    conn: &mut AsyncPgConnection,
+    only: &[&str],
+    examples: usize,
+    ranges: Option<Ranges>,
+    progress: Progress<'_>,
+) -> anyhow::Result<Report> {
     for name in only {
         shape(name)?;
     }
-    let (events, diffs) = conn
+    let tallies: Vec<Tally> = DERIVED
+        .iter()
+        .filter(|s| only.is_empty() || only.contains(&s.name))
+        .map(|s| Tally::new(s, examples))
+        .collect();
+    let (events, tallies) = conn
         .build_transaction()
         .repeatable_read()
         .read_only()
         .run(async |conn| -> anyhow::Result<_> {
-            let (events, tables) = fold_event_log(conn, progress).await?;
-            let diffs = compare(conn, &tables, only).await?;
-            Ok((events, diffs))
+            let (core, generic) = load::count_events(conn).await?;
+            let ranges = ranges.unwrap_or(Ranges::for_events(core));
+            let filter = KeyFilter::probe(conn).await?;
+            let plan = Plan {
+                ranges,
+                analytics: tallies.iter().any(|t| t.shape.is_analytics()),
+            };
+            let mut comparer = Comparer {
+                conn,
+                filter,
+                generic,
+                tallies,
+            };
+            let folded = partition::run(&mut comparer, plan, progress).await?;
+            Ok((folded.events, comparer.tallies))
         })
         .await
         .context("verifying the derived tables")?;
-    let tables = diffs
+    let tables = tallies
         .iter()
-        .map(|d| table_report(d, examples))
+        .map(Tally::report)
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Report {
         events,
@@ -153,62 +194,184 @@ pub async fn verify(
     })
 }
 
-fn table_report(d: &TableDiff, examples: usize) -> anyhow::Result<TableReport> {
-    let shape = shape(d.table)?;
-    let columns = shape.columns();
-    let key_of = |row: &[Value]| {
-        Key(columns
-            .iter()
-            .copied()
-            .zip(row.iter().cloned())
-            .take(shape.key_len)
-            .collect())
-    };
-    let parse_key = |text: &String| -> anyhow::Result<Key> {
-        let values: Vec<Value> =
-            serde_json::from_str(text).with_context(|| format!("a key of table {}", d.table))?;
-        Ok(key_of(&values))
-    };
-    Ok(TableReport {
-        table: d.table,
-        analytics: shape.is_analytics(),
-        checked: d.checked,
-        missing: d.missing.len(),
-        extra: d.extra.len(),
-        differing: d.differing.len(),
-        examples: Examples {
-            missing: d
-                .missing
+/// The verify [`Backend`]: reads the event log of its snapshot and compares each range's rows
+/// with the stored rows of the range.
+struct Comparer<'c> {
+    conn: &'c mut AsyncPgConnection,
+    filter: KeyFilter,
+    /// Generic events in the log (counted once, in the snapshot).
+    generic: u64,
+    /// One per table compared, in [`DERIVED`] order.
+    tallies: Vec<Tally>,
+}
+
+impl Comparer<'_> {
+    /// Compares the rows of `rows` (the fold's, of range `range`) with the stored rows of the
+    /// range, for the tables compared that are `pairs` tables or not.
+    async fn compare(
+        &mut self,
+        ranges: Ranges,
+        range: usize,
+        rows: &Tables,
+        pairs: bool,
+    ) -> anyhow::Result<()> {
+        let want = canonical(rows);
+        for (shape, expected) in DERIVED.iter().zip(&want) {
+            let is_pair = matches!(shape.name, "predicate_object" | "subject_predicate");
+            let Some(tally) = self.tallies.iter_mut().find(|t| t.shape.name == shape.name) else {
+                continue;
+            };
+            if is_pair != pairs {
+                continue;
+            }
+            let stored =
+                load::load_table_range(self.conn, shape, self.filter, ranges, range).await?;
+            tally.add(expected, &stored);
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Comparer<'_> {
+    async fn triple_ids(&mut self) -> anyhow::Result<Vec<TermId>> {
+        load::load_triple_ids(self.conn).await
+    }
+
+    async fn other_events(&mut self) -> anyhow::Result<usize> {
+        usize::try_from(self.generic).context("counting generic events")
+    }
+
+    async fn range_events(&mut self, ranges: Ranges, range: usize) -> anyhow::Result<Vec<Event>> {
+        load::load_range_events(self.conn, self.filter, ranges, range).await
+    }
+
+    async fn vault_events(&mut self, terms: &[TermId]) -> anyhow::Result<Vec<Event>> {
+        load::load_vault_events(self.conn, terms).await
+    }
+
+    async fn range_rows(
+        &mut self,
+        ranges: Ranges,
+        range: usize,
+        rows: Tables,
+    ) -> anyhow::Result<()> {
+        self.compare(ranges, range, &rows, false).await
+    }
+
+    async fn pair_rows(&mut self, ranges: Ranges, rows: Tables) -> anyhow::Result<()> {
+        for (range, piece) in pairs_by_range(ranges, rows).into_iter().enumerate() {
+            self.compare(ranges, range, &piece, true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One table's comparison so far, summed over key ranges: counts of every kind, and the first
+/// `examples` keys of each kind (range order, then key order within a range).
+#[derive(Debug)]
+pub struct Tally {
+    shape: &'static TableShape,
+    examples: usize,
+    /// Rows of the fold and of the table.
+    expected: usize,
+    stored: usize,
+    missing: usize,
+    extra: usize,
+    differing: usize,
+    missing_keys: Vec<String>,
+    extra_keys: Vec<String>,
+    /// `(expected row, stored row)`.
+    differing_rows: Vec<(Vec<Value>, Vec<Value>)>,
+}
+
+impl Tally {
+    pub fn new(shape: &'static TableShape, examples: usize) -> Self {
+        Self {
+            shape,
+            examples,
+            expected: 0,
+            stored: 0,
+            missing: 0,
+            extra: 0,
+            differing: 0,
+            missing_keys: Vec::new(),
+            extra_keys: Vec::new(),
+            differing_rows: Vec::new(),
+        }
+    }
+
+    /// Adds the comparison of one key range: the fold's rows and the stored rows of the range.
+    pub fn add(&mut self, expected: &CanonicalTable, stored: &CanonicalTable) {
+        let d = diff(self.shape.name, expected, stored);
+        self.expected += expected.len();
+        self.stored += stored.len();
+        self.missing += d.missing.len();
+        self.extra += d.extra.len();
+        self.differing += d.differing.len();
+        let room = |kept: usize| self.examples.saturating_sub(kept);
+        let n = room(self.missing_keys.len());
+        self.missing_keys.extend(d.missing.into_iter().take(n));
+        let n = room(self.extra_keys.len());
+        self.extra_keys.extend(d.extra.into_iter().take(n));
+        let n = room(self.differing_rows.len());
+        self.differing_rows.extend(d.differing.into_iter().take(n));
+    }
+
+    /// The table's report.
+    fn report(&self) -> anyhow::Result<TableReport> {
+        let shape = self.shape;
+        let columns = shape.columns();
+        let key_of = |row: &[Value]| {
+            Key(columns
                 .iter()
-                .take(examples)
-                .map(parse_key)
-                .collect::<anyhow::Result<_>>()?,
-            extra: d
-                .extra
-                .iter()
-                .take(examples)
-                .map(parse_key)
-                .collect::<anyhow::Result<_>>()?,
-            differing: d
-                .differing
-                .iter()
-                .take(examples)
-                .map(|(expected, stored)| Difference {
-                    key: key_of(expected),
-                    columns: columns
-                        .iter()
-                        .zip(expected.iter().zip(stored))
-                        .filter(|(_, (e, s))| e != s)
-                        .map(|(column, (e, s))| ColumnDifference {
-                            column,
-                            expected: e.clone(),
-                            stored: s.clone(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        },
-    })
+                .copied()
+                .zip(row.iter().cloned())
+                .take(shape.key_len)
+                .collect())
+        };
+        let parse_key = |text: &String| -> anyhow::Result<Key> {
+            let values: Vec<Value> = serde_json::from_str(text)
+                .with_context(|| format!("a key of table {}", shape.name))?;
+            Ok(key_of(&values))
+        };
+        Ok(TableReport {
+            table: shape.name,
+            analytics: shape.is_analytics(),
+            checked: self.expected.max(self.stored),
+            missing: self.missing,
+            extra: self.extra,
+            differing: self.differing,
+            examples: Examples {
+                missing: self
+                    .missing_keys
+                    .iter()
+                    .map(parse_key)
+                    .collect::<anyhow::Result<_>>()?,
+                extra: self
+                    .extra_keys
+                    .iter()
+                    .map(parse_key)
+                    .collect::<anyhow::Result<_>>()?,
+                differing: self
+                    .differing_rows
+                    .iter()
+                    .map(|(expected, stored)| Difference {
+                        key: key_of(expected),
+                        columns: columns
+                            .iter()
+                            .zip(expected.iter().zip(stored))
+                            .filter(|(_, (e, s))| e != s)
+                            .map(|(column, (e, s))| ColumnDifference {
+                                column,
+                                expected: e.clone(),
+                                stored: s.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            },
+        })
+    }
 }
 
 impl Report {
@@ -306,28 +469,23 @@ mod tests {
 
     #[test]
     fn report_names_the_drifting_rows_by_key_and_column() {
-        let d = TableDiff {
-            table: "vault",
-            checked: 10,
-            missing: vec![r#"["0xaa","1"]"#.to_owned()],
-            extra: vec![r#"["0xbb","2"]"#.to_owned(), r#"["0xcc","2"]"#.to_owned()],
-            differing: vec![(
-                vec![
-                    Value::from("0xdd"),
-                    Value::from("1"),
-                    Value::from("5"),
-                    Value::from("7"),
-                ],
-                vec![
-                    Value::from("0xdd"),
-                    Value::from("1"),
-                    Value::from("5"),
-                    Value::from("8"),
-                ],
-            )],
+        let row = |v: &[&str]| -> (String, Vec<Value>) {
+            let row: Vec<Value> = v.iter().map(|s| Value::from(*s)).collect();
+            (Value::Array(row[..2].to_vec()).to_string(), row)
         };
-        let t = table_report(&d, 1).expect("report");
-        assert_eq!((t.missing, t.extra, t.differing), (1, 2, 1));
+        let table = |rows: &[&[&str]]| -> CanonicalTable { rows.iter().map(|r| row(r)).collect() };
+        let mut t = Tally::new(shape("vault").expect("vault"), 1);
+        // Two key ranges: the counts add up, examples stop at the cap.
+        t.add(
+            &table(&[&["0xaa", "1", "5", "7"], &["0xab", "1", "5", "7"]]),
+            &table(&[&["0xab", "1", "5", "7"], &["0xbb", "2", "5", "7"]]),
+        );
+        t.add(
+            &table(&[&["0xdd", "1", "5", "7"]]),
+            &table(&[&["0xcc", "2", "5", "7"], &["0xdd", "1", "5", "8"]]),
+        );
+        let t = t.report().expect("report");
+        assert_eq!((t.checked, t.missing, t.extra, t.differing), (4, 1, 2, 1));
         assert_eq!(t.examples.extra.len(), 1, "examples are capped");
         assert_eq!(
             t.examples.differing[0].columns[0].column,

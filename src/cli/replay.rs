@@ -1,6 +1,6 @@
-//! `replay`: rebuilds every derived table from the event log already in Postgres, with a
-//! progress bar (loading, folding, writing). Also home of that progress bar, which `verify`
-//! shares.
+//! `replay`: rebuilds every derived table from the event log already in Postgres, key range by
+//! key range, with a progress bar (ranges folded and written, then the pair tables). Also home
+//! of that progress bar and of the `--ranges` option, which `verify` shares.
 
 use anyhow::Context;
 use clap::Args;
@@ -8,12 +8,29 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use redis_postgres_sync::config::DatabaseArgs;
-use redis_postgres_sync::store::{self, load::EVENT_LOG, rebuild::Step};
+use redis_postgres_sync::store::{self, partition::Ranges, rebuild::Step};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub ranges: RangesArg,
+}
+
+/// How many key ranges of term ids the event log is folded in.
+#[derive(Debug, Args)]
+pub struct RangesArg {
+    /// Key ranges of term ids to fold the event log in, one at a time (1 to 65536) [default: one
+    /// per 200,000 events of the derived tables' types]. More ranges: less memory, more queries.
+    #[arg(long = "ranges", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub count: Option<u32>,
+}
+
+impl RangesArg {
+    pub fn ranges(&self) -> anyhow::Result<Option<Ranges>> {
+        self.count.map(Ranges::new).transpose()
+    }
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
@@ -25,7 +42,10 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let mut conn = store::connect::connect(url).await?;
     let started = std::time::Instant::now();
     let mut bar = StepBar::new();
-    let rebuilt = store::rebuild::replay(&mut conn, &mut |step| bar.update(step)).await;
+    let rebuilt = store::rebuild::replay_in(&mut conn, args.ranges.ranges()?, &mut |step| {
+        bar.update(step)
+    })
+    .await;
     bar.finish();
     let rebuilt = rebuilt.context("replaying the event log")?;
     let rows: Vec<String> = rebuilt
@@ -34,22 +54,22 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         .map(|(table, n)| format!("{table} {n}"))
         .collect();
     println!(
-        "replayed {} events into the derived tables of {} in {:.1} s\nrows: {}",
+        "replayed {} events into the derived tables of {} in {:.1} s ({} key ranges)\nrows: {}",
         rebuilt.events,
         store::redact(url),
         started.elapsed().as_secs_f64(),
+        rebuilt.ranges,
         rows.join(", ")
     );
     Ok(())
 }
 
-/// One progress bar on stderr through the phases of a fold of the event log (and of a rebuild);
-/// drawn only when stderr is a terminal.
+/// One progress bar on stderr through the phases of a fold of the event log by key range (and
+/// of a rebuild); drawn only when stderr is a terminal.
 #[derive(Debug)]
 pub struct StepBar {
     bar: ProgressBar,
     phase: &'static str,
-    tables_read: u64,
 }
 
 impl StepBar {
@@ -57,7 +77,6 @@ impl StepBar {
         Self {
             bar: ProgressBar::hidden(),
             phase: "",
-            tables_read: 0,
         }
     }
 
@@ -78,22 +97,21 @@ impl StepBar {
 
     pub fn update(&mut self, step: Step) {
         match step {
-            Step::Loading { table, events } => {
-                self.enter("loading", EVENT_LOG.len() as u64);
-                self.tables_read += 1;
-                self.bar.set_position(self.tables_read);
-                self.bar
-                    .set_message(format!("event tables ({events} events, read {table})"));
-            }
-            Step::Folding { done, total } => {
+            Step::Range {
+                done,
+                total,
+                events,
+            } => {
                 self.enter("folding", total as u64);
                 self.bar.set_position(done as u64);
-                self.bar.set_message("events");
+                self.bar
+                    .set_message(format!("key ranges ({events} events)"));
             }
-            Step::Writing { table, done, total } => {
-                self.enter("writing", total as u64);
-                self.bar.set_position(done as u64);
-                self.bar.set_message(format!("rows ({table})"));
+            Step::Pairs { rows } => {
+                self.enter("pairs", 1);
+                self.bar.set_position(1);
+                self.bar
+                    .set_message(format!("predicate_object, subject_predicate ({rows} rows)"));
             }
         }
     }

@@ -9,9 +9,9 @@ use clap::Args;
 
 use redis_postgres_sync::config::DatabaseArgs;
 use redis_postgres_sync::store::{self, load::DERIVED};
-use redis_postgres_sync::verify::verify;
+use redis_postgres_sync::verify::verify_in;
 
-use super::replay::StepBar;
+use super::replay::{RangesArg, StepBar};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -26,6 +26,8 @@ pub struct VerifyArgs {
     /// Examples shown per kind of difference (missing, extra, differing) and table.
     #[arg(long, default_value_t = 3)]
     pub examples: usize,
+    #[command(flatten)]
+    pub ranges: RangesArg,
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -33,7 +35,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut conn = store::connect::connect(url).await?;
     let only: Vec<&str> = args.tables.iter().map(String::as_str).collect();
     let mut bar = StepBar::new();
-    let report = verify(&mut conn, &only, args.examples, &mut |step| {
+    let ranges = args.ranges.ranges()?;
+    let report = verify_in(&mut conn, &only, args.examples, ranges, &mut |step| {
         bar.update(step)
     })
     .await;

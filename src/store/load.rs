@@ -1,18 +1,24 @@
-//! Reading back: the whole event log as domain [`Event`]s (to rebuild the in-memory state on
-//! start), and every derived table in a canonical JSON form (to compare with the fold).
+//! Reading back: the event log as domain [`Event`]s — whole, filtered by SQL, or one key range
+//! of term ids for the range-by-range fold (`store::partition`) — and the derived tables in a
+//! canonical JSON form, whole or one key range, to compare with the fold (tests, `verify`).
+//!
+//! Key ranges are text bounds on a term id ([`KeyFilter`]): the indexes on the event tables and
+//! on the derived tables lead with the term id (or, for the pair tables, the first id of the
+//! key), so each range is an index range scan.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use primitive_types::U256;
 use serde_json::Value;
 
+use super::partition::Ranges;
 use crate::domain::rows::Tables;
-use crate::domain::{Address, Bytes32, Event, EventKind, EventMeta, VaultType};
+use crate::domain::{Address, Bytes32, Event, EventKind, EventMeta, TermId, VaultType};
 
 #[derive(QueryableByName)]
 struct EventRecord {
@@ -76,6 +82,165 @@ const EVENT_TABLES: [(&str, &str, &str); 6] = [
     ),
     (EVENT_LOG[5], "event_name", "json_build_array(payload::text)"),
 ];
+
+/// The event tables of the derived tables' event types (all but `generic_events`).
+const CORE_EVENT_TABLES: [&str; 5] = [
+    EVENT_LOG[0],
+    EVENT_LOG[1],
+    EVENT_LOG[2],
+    EVENT_LOG[3],
+    EVENT_LOG[4],
+];
+
+/// The event tables of the events that decide vault figures.
+const VAULT_EVENT_TABLES: [&str; 3] = [EVENT_LOG[2], EVENT_LOG[3], EVENT_LOG[4]];
+
+/// Term ids per `= ANY(…)` read of vault events.
+const TERMS_PER_READ: usize = 10_000;
+
+/// How SQL compares a term id with a key range's bounds.
+///
+/// The bounds are `'0x'` and four lowercase hex digits; ids are `'0x'` and 64. Under the C
+/// collation that is byte order, which is what [`Ranges::of`](super::partition::Ranges::of)
+/// computes. The indexes are built with the database's collation, and a comparison can use an
+/// index only under the index's collation: so the filter compares in the database's collation
+/// when that orders hex text as C does ([`probe`](Self::probe)), and adds `COLLATE "C"` (correct,
+/// but without the index) when it does not. Either way the fold checks that every event it was
+/// given is in the range it was read for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyFilter {
+    collate: &'static str,
+}
+
+impl KeyFilter {
+    /// Compares in the database's collation (it orders hex text bytewise).
+    pub const DATABASE: KeyFilter = KeyFilter { collate: "" };
+    /// Compares under `COLLATE "C"`.
+    pub const C: KeyFilter = KeyFilter {
+        collate: " COLLATE \"C\"",
+    };
+
+    /// The filter for this database: [`DATABASE`](Self::DATABASE) if its collation sorts a
+    /// sample of hex ids and bounds as bytes sort them, else [`C`](Self::C).
+    pub async fn probe(conn: &mut AsyncPgConnection) -> anyhow::Result<Self> {
+        #[derive(QueryableByName)]
+        struct Sorted {
+            #[diesel(sql_type = Array<Text>)]
+            sorted: Vec<String>,
+        }
+        let mut sample: Vec<String> = [
+            "", "0", "00", "09", "0a", "0f", "10", "9", "9f", "a", "a0", "af", "f", "ff", "fff0",
+        ]
+        .iter()
+        .map(|h| format!("0x{h}"))
+        .collect();
+        let r: Sorted =
+            diesel::sql_query("SELECT array_agg(s ORDER BY s) AS sorted FROM unnest($1::text[]) s")
+                .bind::<Array<Text>, _>(&sample)
+                .get_result(conn)
+                .await
+                .context("probing how the database collation orders term ids")?;
+        sample.sort_unstable();
+        Ok(if r.sorted == sample {
+            Self::DATABASE
+        } else {
+            Self::C
+        })
+    }
+
+    /// The SQL condition that `column` is in range `range` of `ranges` (`TRUE` for one range).
+    pub fn condition(&self, column: &str, ranges: Ranges, range: usize) -> String {
+        let (lo, hi) = ranges.bounds(range);
+        let mut parts = Vec::new();
+        if let Some(lo) = lo {
+            parts.push(format!("{column}{} >= '{lo}'", self.collate));
+        }
+        if let Some(hi) = hi {
+            parts.push(format!("{column}{} < '{hi}'", self.collate));
+        }
+        if parts.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            parts.join(" AND ")
+        }
+    }
+}
+
+/// The events of the derived tables' event types whose term id is in range `range`.
+pub async fn load_range_events(
+    conn: &mut AsyncPgConnection,
+    filter: KeyFilter,
+    ranges: Ranges,
+    range: usize,
+) -> anyhow::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    let mut networks = BTreeMap::new();
+    let condition = filter.condition("term_id", ranges, range);
+    for table in CORE_EVENT_TABLES {
+        let from = format!("{table} WHERE {condition}");
+        read_table(conn, table, &from, &mut networks, &mut events).await?;
+    }
+    Ok(events)
+}
+
+/// The SharePriceChanged, Deposited and Redeemed events of `terms`.
+pub async fn load_vault_events(
+    conn: &mut AsyncPgConnection,
+    terms: &[TermId],
+) -> anyhow::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    let mut networks = BTreeMap::new();
+    for chunk in terms.chunks(TERMS_PER_READ) {
+        // Ids print as '0x' + hex: safe to inline.
+        let list: Vec<String> = chunk.iter().map(|t| t.to_string()).collect();
+        let any = format!("term_id = ANY('{{{}}}'::text[])", list.join(","));
+        for table in VAULT_EVENT_TABLES {
+            let from = format!("{table} WHERE {any}");
+            read_table(conn, table, &from, &mut networks, &mut events).await?;
+        }
+    }
+    Ok(events)
+}
+
+/// The term id of every TripleCreated in the event log (repeats included).
+pub async fn load_triple_ids(conn: &mut AsyncPgConnection) -> anyhow::Result<Vec<TermId>> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = Text)]
+        term_id: String,
+    }
+    let ids: Vec<Id> = diesel::sql_query(format!("SELECT term_id FROM {}", EVENT_LOG[1]))
+        .load(conn)
+        .await
+        .context("reading the triple ids of the event log")?;
+    ids.iter()
+        .map(|r| Ok(Bytes32(hex_n::<32>(&r.term_id)?)))
+        .collect()
+}
+
+/// Rows of the event tables: `(of the derived tables' event types, generic)`.
+pub async fn count_events(conn: &mut AsyncPgConnection) -> anyhow::Result<(u64, u64)> {
+    #[derive(QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = BigInt)]
+        core: i64,
+        #[diesel(sql_type = BigInt)]
+        generic: i64,
+    }
+    let core: Vec<String> = CORE_EVENT_TABLES
+        .iter()
+        .map(|t| format!("(SELECT count(*) FROM {t})"))
+        .collect();
+    let c: Counts = diesel::sql_query(format!(
+        "SELECT {} AS core, (SELECT count(*) FROM {}) AS generic",
+        core.join(" + "),
+        EVENT_LOG[5]
+    ))
+    .get_result(conn)
+    .await
+    .context("counting the event log")?;
+    Ok((c.core.max(0) as u64, c.generic.max(0) as u64))
+}
 
 /// Every event of the event log, optionally only those matching the SQL condition `filter`.
 pub async fn load_events(
@@ -266,6 +431,9 @@ fn hex_n<const N: usize>(s: &str) -> anyhow::Result<[u8; N]> {
 pub struct TableShape {
     pub name: &'static str,
     pub key_len: usize,
+    /// The id column that key ranges cut (the term id; for a pair table, its first id): the
+    /// leading column of an index of the table.
+    pub range_column: &'static str,
     pub select: &'static [&'static str],
 }
 
@@ -273,6 +441,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "atom",
         key_len: 1,
+        range_column: "term_id",
         select: &[
             "term_id",
             "creator_id",
@@ -288,6 +457,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "triple",
         key_len: 1,
+        range_column: "term_id",
         select: &[
             "term_id",
             "counter_term_id",
@@ -304,6 +474,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "position",
         key_len: 3,
+        range_column: "term_id",
         select: &[
             "account_id",
             "term_id",
@@ -324,6 +495,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "vault",
         key_len: 2,
+        range_column: "term_id",
         select: &[
             "term_id",
             "curve_id::text",
@@ -344,6 +516,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "term",
         key_len: 1,
+        range_column: "id",
         select: &[
             "id",
             "type",
@@ -359,6 +532,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "triple_vault",
         key_len: 3,
+        range_column: "term_id",
         select: &[
             "term_id",
             "counter_term_id",
@@ -372,6 +546,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "triple_term",
         key_len: 2,
+        range_column: "term_id",
         select: &[
             "term_id",
             "counter_term_id",
@@ -383,6 +558,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "predicate_object",
         key_len: 2,
+        range_column: "predicate_id",
         select: &[
             "predicate_id",
             "object_id",
@@ -395,6 +571,7 @@ pub const DERIVED: [TableShape; 9] = [
     TableShape {
         name: "subject_predicate",
         key_len: 2,
+        range_column: "subject_id",
         select: &[
             "subject_id",
             "predicate_id",
@@ -453,8 +630,30 @@ pub async fn load_table(
     conn: &mut AsyncPgConnection,
     shape: &TableShape,
 ) -> anyhow::Result<CanonicalTable> {
+    load_table_where(conn, shape, "TRUE").await
+}
+
+/// Reads the rows of one derived table whose [`range_column`](TableShape::range_column) is in
+/// range `range`, in canonical form.
+pub async fn load_table_range(
+    conn: &mut AsyncPgConnection,
+    shape: &TableShape,
+    filter: KeyFilter,
+    ranges: Ranges,
+    range: usize,
+) -> anyhow::Result<CanonicalTable> {
+    let condition = filter.condition(shape.range_column, ranges, range);
+    load_table_where(conn, shape, &condition).await
+}
+
+/// Reads the rows of one derived table that match the SQL `condition`, in canonical form.
+async fn load_table_where(
+    conn: &mut AsyncPgConnection,
+    shape: &TableShape,
+    condition: &str,
+) -> anyhow::Result<CanonicalTable> {
     let sql = format!(
-        "SELECT json_build_array({})::text AS row FROM {}",
+        "SELECT json_build_array({})::text AS row FROM {} WHERE {condition}",
         shape.select.join(", "),
         shape.name
     );

@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod failure;
 pub mod lease;
 pub mod load;
+pub mod partition;
 pub mod prior;
 pub mod rebuild;
 pub mod reorg;

@@ -1,8 +1,14 @@
-//! Rebuilding every derived table from the event log (the `replay` subcommand, and reorgs):
-//! load the event log, fold it with the full [`State`] (analytics included), then, inside the
-//! caller's transaction, delete every row of the nine derived tables and insert the fold's rows,
-//! set-based ([`RowSet`]s). Until the transaction commits, readers keep seeing the old rows
+//! Rebuilding every derived table from the event log (the `replay` subcommand, the one-time
+//! upgrade at start, and reorgs), in bounded memory: inside the caller's transaction, delete
+//! every row of the nine derived tables, then fold the event log key range by key range
+//! ([`partition`]: each range's events, the base rows of its terms, the triple-level rows of its
+//! triples) and insert each range's rows as soon as it is folded, set-based ([`RowSet`]s of at
+//! most `CHUNK` rows); the pair tables (predicate_object, subject_predicate) last, from the
+//! aggregates kept across ranges. Until the transaction commits, readers keep seeing the old rows
 //! (MVCC); after it, they see f(E) for the event log E that was read.
+//!
+//! Memory is one range's events and rows plus the pair aggregates and the triple ids, not the
+//! whole log: the number of ranges grows with the log ([`Ranges::for_events`]).
 //!
 //! **Architecture Invariant:** nothing changes the event log while a rebuild reads it and writes
 //! its fold: the rebuild holds SHARE locks on the event tables (a sync batch commit waits for it)
@@ -11,30 +17,28 @@
 use anyhow::Context;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::load::{load_events_with, DERIVED, EVENT_LOG};
+use super::load::{self, KeyFilter, DERIVED, EVENT_LOG};
+use super::partition::{self, Backend, Plan, Ranges};
 use super::rows;
 use super::rowset::{OnConflict, RowSet};
-use crate::domain::{Changes, Event, State, Tables};
+use crate::domain::{Event, Tables, TermId};
 
 /// Rows per INSERT statement: one array parameter per column, kept far below Postgres's 1 GB
 /// limit on a single value.
 const CHUNK: usize = 50_000;
-/// Events folded between two progress reports.
-const FOLD_STEP: usize = 100_000;
 
-/// What a rebuild (or a fold of the event log) is doing, for progress reporting.
+/// What a rebuild (or a fold of the event log by `verify`) is doing, for progress reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Event table `table` was read; `events` events are loaded so far.
-    Loading { table: &'static str, events: usize },
-    /// `done` of `total` events folded.
-    Folding { done: usize, total: usize },
-    /// Writing table `table`; `done` of `total` rows of all nine tables are written.
-    Writing {
-        table: &'static str,
+    /// `done` of `total` key ranges folded (and written, or compared); `events` events of the
+    /// log accounted for so far (the generic ones from the start: they fold to no row).
+    Range {
         done: usize,
         total: usize,
+        events: usize,
     },
+    /// After the last range: writing (or comparing) the `rows` rows of the two pair tables.
+    Pairs { rows: usize },
 }
 
 /// A progress callback.
@@ -47,6 +51,8 @@ pub struct Rebuilt {
     pub events: usize,
     /// Rows written per derived table, in SPEC order.
     pub rows: Vec<(&'static str, usize)>,
+    /// Key ranges the event log was folded in.
+    pub ranges: usize,
 }
 
 /// The `replay` operation: rebuilds every derived table from the event log, in one transaction.
@@ -54,7 +60,16 @@ pub async fn replay(
     conn: &mut AsyncPgConnection,
     progress: Progress<'_>,
 ) -> anyhow::Result<Rebuilt> {
-    conn.transaction(async |conn| rebuild(conn, progress).await)
+    replay_in(conn, None, progress).await
+}
+
+/// [`replay`] in `ranges` key ranges (`None`: as many as the log's size calls for).
+pub async fn replay_in(
+    conn: &mut AsyncPgConnection,
+    ranges: Option<Ranges>,
+    progress: Progress<'_>,
+) -> anyhow::Result<Rebuilt> {
+    conn.transaction(async |conn| rebuild_in(conn, ranges, progress).await)
         .await
 }
 
@@ -64,16 +79,41 @@ pub async fn rebuild(
     conn: &mut AsyncPgConnection,
     progress: Progress<'_>,
 ) -> anyhow::Result<Rebuilt> {
+    rebuild_in(conn, None, progress).await
+}
+
+/// [`rebuild`] in `ranges` key ranges (`None`: as many as the log's size calls for).
+pub async fn rebuild_in(
+    conn: &mut AsyncPgConnection,
+    ranges: Option<Ranges>,
+    progress: Progress<'_>,
+) -> anyhow::Result<Rebuilt> {
     super::analytics::lock(conn).await?;
     lock_event_log(conn, "SHARE").await?;
-    let (events, tables) = fold_event_log(conn, progress).await?;
-    let rows = write_tables(conn, tables, progress).await?;
+    let (core, generic) = load::count_events(conn).await?;
+    let ranges = ranges.unwrap_or(Ranges::for_events(core));
+    empty_derived_tables(conn).await?;
+    let filter = KeyFilter::probe(conn).await?;
+    let mut writer = Writer {
+        conn,
+        filter,
+        generic,
+    };
+    let plan = Plan {
+        ranges,
+        analytics: true,
+    };
+    let folded = partition::run(&mut writer, plan, progress).await?;
     // The rows now hold what the fold continues from (migration `fold_continuation`).
     diesel::sql_query("DELETE FROM fold_upgrade")
         .execute(conn)
         .await
         .context("clearing table fold_upgrade")?;
-    Ok(Rebuilt { events, rows })
+    Ok(Rebuilt {
+        events: folded.events,
+        rows: folded.rows,
+        ranges: ranges.count(),
+    })
 }
 
 /// Whether base rows written before the migration `fold_continuation` still lack what the fold
@@ -116,42 +156,8 @@ pub async fn lock_event_log(conn: &mut AsyncPgConnection, mode: &str) -> anyhow:
     Ok(())
 }
 
-/// Reads the event log and folds it: the number of distinct events and every derived table.
-pub async fn fold_event_log(
-    conn: &mut AsyncPgConnection,
-    progress: Progress<'_>,
-) -> anyhow::Result<(usize, Tables)> {
-    let events = load_events_with(conn, None, &mut |table, events| {
-        progress(Step::Loading { table, events })
-    })
-    .await?;
-    Ok(cpu_bound(|| fold_tables(events, progress)))
-}
-
-/// Folds `events` with the full state (analytics included), as [`crate::domain::fold`] does,
-/// reporting progress: the number of distinct events and every derived table.
-pub fn fold_tables(events: Vec<Event>, progress: Progress<'_>) -> (usize, Tables) {
-    let total = events.len();
-    let mut state = State::new();
-    let mut changes = Changes::default();
-    progress(Step::Folding { done: 0, total });
-    let mut done = 0;
-    for chunk in events.chunks(FOLD_STEP) {
-        for e in chunk {
-            state.apply(e, &mut changes);
-        }
-        // Nobody reads the changed keys of a whole fold: keep memory flat.
-        changes.clear();
-        done += chunk.len();
-        progress(Step::Folding { done, total });
-    }
-    drop(events);
-    state.refresh_analytics(&mut changes);
-    (state.event_count(), state.tables())
-}
-
 /// Runs CPU-heavy work without stalling the runtime's other tasks (on a multi-thread runtime).
-fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
@@ -160,21 +166,55 @@ fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Replaces the rows of the nine derived tables by `tables`.
-async fn write_tables(
-    conn: &mut AsyncPgConnection,
-    tables: Tables,
-    progress: Progress<'_>,
-) -> anyhow::Result<Vec<(&'static str, usize)>> {
-    let counts = tables.row_counts();
-    let total = counts.iter().map(|(_, n)| n).sum();
-    // DELETE, not TRUNCATE: TRUNCATE would lock readers out until commit.
+/// Deletes every row of the nine derived tables. DELETE, not TRUNCATE: TRUNCATE would lock
+/// readers out until commit.
+async fn empty_derived_tables(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
     for shape in &DERIVED {
         diesel::sql_query(format!("DELETE FROM {}", shape.name))
             .execute(conn)
             .await
             .with_context(|| format!("emptying table {}", shape.name))?;
     }
+    Ok(())
+}
+
+/// The rebuild's [`Backend`]: reads the event log of its transaction, inserts each range's rows
+/// into the emptied tables.
+struct Writer<'c> {
+    conn: &'c mut AsyncPgConnection,
+    filter: KeyFilter,
+    /// Generic events in the log (counted once, under the locks).
+    generic: u64,
+}
+
+impl Backend for Writer<'_> {
+    async fn triple_ids(&mut self) -> anyhow::Result<Vec<TermId>> {
+        load::load_triple_ids(self.conn).await
+    }
+
+    async fn other_events(&mut self) -> anyhow::Result<usize> {
+        usize::try_from(self.generic).context("counting generic events")
+    }
+
+    async fn range_events(&mut self, ranges: Ranges, range: usize) -> anyhow::Result<Vec<Event>> {
+        load::load_range_events(self.conn, self.filter, ranges, range).await
+    }
+
+    async fn vault_events(&mut self, terms: &[TermId]) -> anyhow::Result<Vec<Event>> {
+        load::load_vault_events(self.conn, terms).await
+    }
+
+    async fn range_rows(&mut self, _: Ranges, _: usize, rows: Tables) -> anyhow::Result<()> {
+        write_tables(self.conn, rows).await
+    }
+
+    async fn pair_rows(&mut self, _: Ranges, rows: Tables) -> anyhow::Result<()> {
+        write_tables(self.conn, rows).await
+    }
+}
+
+/// Inserts every row of `tables` into the emptied derived tables.
+async fn write_tables(conn: &mut AsyncPgConnection, tables: Tables) -> anyhow::Result<()> {
     let Tables {
         atom,
         triple,
@@ -186,115 +226,61 @@ async fn write_tables(
         predicate_object,
         subject_predicate,
     } = tables;
-    let mut w = TableWriter {
+    write(conn, "atom", atom.into_values(), rows::atom_rows).await?;
+    write(conn, "triple", triple.into_values(), rows::triple_rows).await?;
+    write(
         conn,
-        done: 0,
-        total,
-        progress,
-    };
-    w.write("atom", atom.into_values(), rows::atom_rows).await?;
-    w.write("triple", triple.into_values(), rows::triple_rows)
-        .await?;
-    w.write("position", position.into_values(), rows::position_rows)
-        .await?;
-    w.write("vault", vault.into_values(), rows::vault_rows)
-        .await?;
-    w.write("term", term.into_values(), rows::term_rows).await?;
-    w.write("triple_vault", triple_vault.into_values(), |c| {
+        "position",
+        position.into_values(),
+        rows::position_rows,
+    )
+    .await?;
+    write(conn, "vault", vault.into_values(), rows::vault_rows).await?;
+    write(conn, "term", term.into_values(), rows::term_rows).await?;
+    write(conn, "triple_vault", triple_vault.into_values(), |c| {
         rows::triple_vault_rows(&c)
     })
     .await?;
-    w.write("triple_term", triple_term.into_values(), |c| {
+    write(conn, "triple_term", triple_term.into_values(), |c| {
         rows::triple_term_rows(&c)
     })
     .await?;
-    w.write(
+    write(
+        conn,
         "predicate_object",
         predicate_object.into_values(),
         rows::predicate_object_rows,
     )
     .await?;
-    w.write(
+    write(
+        conn,
         "subject_predicate",
         subject_predicate.into_values(),
         rows::subject_predicate_rows,
     )
-    .await?;
-    Ok(counts.to_vec())
+    .await
 }
 
-struct TableWriter<'c, 'p> {
-    conn: &'c mut AsyncPgConnection,
-    done: usize,
-    total: usize,
-    progress: Progress<'p>,
-}
-
-impl TableWriter<'_, '_> {
-    /// Inserts `rows` into the emptied `table`, [`CHUNK`] rows per statement.
-    async fn write<T: Send>(
-        &mut self,
-        table: &'static str,
-        mut rows: impl Iterator<Item = T> + Send,
-        build: impl Fn(Vec<T>) -> RowSet + Send,
-    ) -> anyhow::Result<()> {
-        (self.progress)(Step::Writing {
-            table,
-            done: self.done,
-            total: self.total,
-        });
-        loop {
-            let chunk: Vec<T> = rows.by_ref().take(CHUNK).collect();
-            if chunk.is_empty() {
-                return Ok(());
-            }
-            let n = chunk.len();
-            let mut set = build(chunk);
-            debug_assert_eq!(set.table, table);
-            // No conflict target: the table was emptied in this transaction and the fold's keys
-            // are unique, so a conflict would be a bug, and fails the rebuild.
-            set.on_conflict = OnConflict::Fail;
-            set.write(self.conn)
-                .await
-                .with_context(|| format!("writing table {table}"))?;
-            self.done += n;
-            (self.progress)(Step::Writing {
-                table,
-                done: self.done,
-                total: self.total,
-            });
+/// Inserts `rows` into the emptied `table`, [`CHUNK`] rows per statement.
+async fn write<T: Send>(
+    conn: &mut AsyncPgConnection,
+    table: &'static str,
+    mut rows: impl Iterator<Item = T> + Send,
+    build: impl Fn(Vec<T>) -> RowSet + Send,
+) -> anyhow::Result<()> {
+    loop {
+        let chunk: Vec<T> = rows.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::fold;
-    use crate::fixture::read_events;
-
-    #[test]
-    fn fold_tables_equals_the_reference_fold_and_reports_progress() {
-        let events =
-            read_events(include_str!("../../tests/fixtures/small.jsonl")).expect("fixture");
-        let reference = fold(&events);
-        let mut steps = Vec::new();
-        let (n, tables) = fold_tables(events.clone(), &mut |s| steps.push(s));
-        assert_eq!(n, reference.event_count());
-        assert_eq!(tables, reference.tables());
-        assert_eq!(
-            <[Step]>::first(&steps),
-            Some(&Step::Folding {
-                done: 0,
-                total: events.len()
-            })
-        );
-        assert_eq!(
-            steps.last(),
-            Some(&Step::Folding {
-                done: events.len(),
-                total: events.len()
-            })
-        );
+        let mut set = build(chunk);
+        debug_assert_eq!(set.table, table);
+        // No conflict target: the table was emptied in this transaction and the fold's keys
+        // are unique (each key's term lies in one range), so a conflict would be a bug, and
+        // fails the rebuild.
+        set.on_conflict = OnConflict::Fail;
+        set.write(conn)
+            .await
+            .with_context(|| format!("writing table {table}"))?;
     }
 }

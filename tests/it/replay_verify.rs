@@ -1,14 +1,18 @@
 //! `replay` and `verify` against a synced database: verify finds no drift after a clean sync and
 //! names every damaged row after deliberate damage (through the library and through the binary,
-//! for the exit status); replay restores the damaged tables exactly.
+//! for the exit status); replay restores the damaged tables exactly; both give the same rows and
+//! findings whatever the number of key ranges they fold the event log in, and their key-range
+//! reads are index range scans.
 
 use std::time::Duration;
 
 use diesel_async::RunQueryDsl;
 use redis_postgres_sync::domain::Tables;
 use redis_postgres_sync::ingest::publish::PublishOptions;
-use redis_postgres_sync::store::rebuild;
-use redis_postgres_sync::verify::{verify, Report};
+use redis_postgres_sync::store::load::{self, KeyFilter, DERIVED, EVENT_LOG};
+use redis_postgres_sync::store::partition::Ranges;
+use redis_postgres_sync::store::rebuild::{self, Step};
+use redis_postgres_sync::verify::{verify, verify_in, Report};
 use serde_json::Value;
 
 use crate::support::*;
@@ -246,16 +250,16 @@ async fn replay_restores_damaged_rows_exactly() {
         expected.row_counts().to_vec(),
         "every row of the fold written"
     );
-    assert!(steps
-        .iter()
-        .any(|s| matches!(s, rebuild::Step::Loading { .. })));
-    assert!(steps.iter().any(|s| matches!(
-        s,
-        rebuild::Step::Writing {
-            table: "subject_predicate",
-            ..
-        }
-    )));
+    let total = rebuilt.ranges;
+    assert!(
+        steps.contains(&Step::Range {
+            done: total,
+            total,
+            events: rebuilt.events
+        }),
+        "{steps:?}"
+    );
+    assert!(matches!(steps.last(), Some(Step::Pairs { rows }) if *rows > 0));
     env.assert_all_tables(&expected).await;
     let after = verify(&mut conn, &[], 3, &mut |_| {})
         .await
@@ -298,9 +302,185 @@ async fn verify_binary_exits_1_on_drift_and_0_once_replayed() {
     assert_eq!(report["tables"][1]["table"], "vault");
     assert_eq!(report["tables"][1]["missing"], 1);
 
-    let (code, out) = run_binary(&env, &["replay"]).await;
+    let (code, out) = run_binary(&env, &["verify", "--ranges", "16"]).await;
+    assert_eq!(code, Some(1), "drift, 16 ranges: {out}");
+    for d in &damages {
+        assert!(out.contains(&d.key[0]), "{d:?} not named in:\n{out}");
+    }
+
+    let (code, out) = run_binary(&env, &["replay", "--ranges", "7"]).await;
     assert_eq!(code, Some(0), "replay: {out}");
-    assert!(out.contains("replayed"), "{out}");
+    assert!(
+        out.contains("replayed") && out.contains("(7 key ranges)"),
+        "{out}"
+    );
     let (code, out) = run_binary(&env, &["verify"]).await;
     assert_eq!(code, Some(0), "after replay: {out}");
+    let (code, out) = run_binary(&env, &["verify", "--ranges", "0"]).await;
+    assert_eq!(code, Some(2), "an invalid --ranges is a usage error: {out}");
+}
+
+/// Every derived table in canonical form.
+async fn all_rows(env: &TestEnv) -> Vec<load::CanonicalTable> {
+    let mut conn = env.pg().await;
+    let mut out = Vec::new();
+    for shape in &DERIVED {
+        out.push(
+            load::load_table(&mut conn, shape)
+                .await
+                .expect("read table"),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_verify_by_many_key_ranges_equal_one_range() {
+    let (env, expected) = synced("ranges").await;
+    let mut conn = env.pg().await;
+    let one = Ranges::new(1).expect("1");
+    let rebuilt = rebuild::replay_in(&mut conn, Some(one), &mut |_| {})
+        .await
+        .expect("replay in one range");
+    assert_eq!(rebuilt.ranges, 1);
+    assert_eq!(rebuilt.rows, expected.row_counts().to_vec());
+    let reference = all_rows(&env).await;
+    env.assert_all_tables(&expected).await;
+    for count in [2, 16, 256] {
+        let ranges = Ranges::new(count).expect("valid");
+        let mut steps = Vec::new();
+        let rebuilt = rebuild::replay_in(&mut conn, Some(ranges), &mut |s| steps.push(s))
+            .await
+            .expect("replay");
+        assert_eq!(rebuilt.ranges, count as usize);
+        assert_eq!(rebuilt.events, events_of(SMALL_FIXTURE).len());
+        assert_eq!(
+            rebuilt.rows,
+            expected.row_counts().to_vec(),
+            "{count} ranges"
+        );
+        let ranges_reported = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Range { done, .. } if *done > 0))
+            .count();
+        assert_eq!(ranges_reported, count as usize);
+        assert!(
+            all_rows(&env).await == reference,
+            "{count} ranges: other rows than one range"
+        );
+        for verify_count in [1, 3, count] {
+            let report = verify_in(
+                &mut conn,
+                &[],
+                3,
+                Ranges::new(verify_count).ok(),
+                &mut |_| {},
+            )
+            .await
+            .expect("verify");
+            assert!(
+                report.clean,
+                "replayed in {count}, verified in {verify_count}: {}",
+                report.render()
+            );
+            assert_eq!(report.events, events_of(SMALL_FIXTURE).len());
+            let checked: Vec<(&str, usize)> =
+                report.tables.iter().map(|t| (t.table, t.checked)).collect();
+            assert_eq!(checked, expected.row_counts().to_vec());
+        }
+    }
+    env.assert_all_tables(&expected).await;
+
+    // Drift is found and named the same way by range.
+    let damages = damage(&env).await;
+    for count in [1, 16, 256] {
+        let report = verify_in(&mut conn, &[], 3, Ranges::new(count).ok(), &mut |_| {})
+            .await
+            .expect("verify");
+        assert_names(&report, &damages);
+    }
+    let only = verify_in(
+        &mut conn,
+        &["vault", "subject_predicate"],
+        3,
+        Ranges::new(16).ok(),
+        &mut |_| {},
+    )
+    .await
+    .expect("verify two tables");
+    assert_names(
+        &only,
+        &damages
+            .into_iter()
+            .filter(|d| ["vault", "subject_predicate"].contains(&d.table))
+            .collect::<Vec<_>>(),
+    );
+    rebuild::replay_in(&mut conn, Ranges::new(16).ok(), &mut |_| {})
+        .await
+        .expect("replay");
+    assert!(all_rows(&env).await == reference);
+}
+
+#[derive(diesel::QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[diesel(column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// The plan of `sql` with sequential scans discouraged.
+async fn plan(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> String {
+    let lines: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {sql}"))
+        .load(conn)
+        .await
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"));
+    lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_range_reads_are_index_range_scans() {
+    let env = TestEnv::new("range_index").await;
+    redis_postgres_sync::store::migrate(&env.database_url)
+        .await
+        .expect("migrate");
+    let mut conn = env.pg().await;
+    let filter = KeyFilter::probe(&mut conn).await.expect("probe");
+    assert_eq!(
+        filter,
+        KeyFilter::DATABASE,
+        "the test server's collation orders hex bytewise"
+    );
+    diesel::sql_query("SET enable_seqscan = off")
+        .execute(&mut conn)
+        .await
+        .expect("set");
+    let ranges = Ranges::new(16).expect("16");
+    let mut reads: Vec<(&str, &str)> = EVENT_LOG[..5].iter().map(|t| (*t, "term_id")).collect();
+    reads.extend(DERIVED.iter().map(|s| (s.name, s.range_column)));
+    for (table, column) in reads {
+        for range in [0, 7, 15] {
+            let sql = format!(
+                "SELECT * FROM {table} WHERE {}",
+                filter.condition(column, ranges, range)
+            );
+            let database = plan(&mut conn, &sql).await;
+            assert!(database.contains("Index"), "{sql}:\n{database}");
+            assert!(
+                database.contains("Index Cond"),
+                "the bounds are an index condition: {sql}:\n{database}"
+            );
+        }
+        // Under another collation than the index's, the index cannot serve the bounds: what the
+        // probe keeps the filter from doing where the database's collation orders hex bytewise.
+        let sql = format!(
+            "SELECT * FROM {table} WHERE {}",
+            KeyFilter::C.condition(column, ranges, 7)
+        );
+        let c = plan(&mut conn, &sql).await;
+        assert!(!c.contains("Index Cond"), "{sql}:\n{c}");
+    }
 }
