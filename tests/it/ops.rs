@@ -247,7 +247,9 @@ async fn sigterm_mid_run_exits_zero_with_consistent_tables() {
     let env = TestEnv::new("sigterm").await;
     env.publish(&fixture_lines(&text), &PublishOptions::default())
         .await;
-    let run_env = env.env(2, 20);
+    let mut run_env = env.env(2, 20);
+    // No HTTP server: another process on this machine may hold the default port.
+    run_env.push(("HTTP_PORT", "0".to_owned()));
     let child = spawn_binary(&run_env, "sync");
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let pid = child.id().to_string();
