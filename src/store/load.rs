@@ -13,6 +13,7 @@ use anyhow::{anyhow, Context};
 use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures_util::TryStreamExt;
 use primitive_types::U256;
 use serde_json::Value;
 
@@ -294,12 +295,13 @@ async fn read_table(
         .ok_or_else(|| anyhow!("{table} is not an event table"))?;
     let sql =
         format!("SELECT {name} AS event_name, {META_SELECT}, {params}::text AS params FROM {from}");
-    let records: Vec<EventRecord> = diesel::sql_query(sql)
-        .load(conn)
+    let reading = || format!("reading the event log table {table}");
+    // Row by row off the wire: only the decoded events are held, not every row's text too.
+    let mut records = std::pin::pin!(diesel::sql_query(sql)
+        .load_stream::<EventRecord>(conn)
         .await
-        .with_context(|| format!("reading the event log table {table}"))?;
-    events.reserve(records.len());
-    for r in records {
+        .with_context(reading)?);
+    while let Some(r) = records.try_next().await.with_context(reading)? {
         let id = format!("{}:{}", r.transaction_hash, r.log_index);
         events
             .push(record_to_event(r, networks).with_context(|| format!("event {id} of {table}"))?);
