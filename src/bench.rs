@@ -171,44 +171,26 @@ pub async fn sync(
     let input = format!("{name}:in");
     let term_updates = format!("{name}:term_updates");
     let mut redis = stream::connect(&opts.redis_url, opts.redis_ca_cert.as_deref()).await?;
-    let text = std::fs::read_to_string(fixture)
-        .with_context(|| format!("reading {}", fixture.display()))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let total = publish(&mut redis, &input, &lines, &opts.publish, |n| {
-        progress("publish", n as u64, lines.len() as u64)
-    })
-    .await?;
-    // The fixture is in Redis now: free it, and start the peak-memory count afresh so it measures
-    // the service (Linux: writing 5 to clear_refs resets VmHWM).
-    drop(lines);
-    drop(text);
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (total, _) =
+        publish_fixture(&mut redis, &input, fixture, &opts.publish, &mut progress).await?;
+    // The fixture is in Redis now: start the peak-memory count afresh so it measures the service
+    // (Linux: writing 5 to clear_refs resets VmHWM).
+    reset_peak_memory();
 
-    let settings = bench_settings(opts, &database_url, &input, &term_updates);
-    let stats = Arc::new(SyncStats::default());
-    let analytics_stats = Arc::new(AnalyticsStats::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(sync::service(
-        settings,
-        stats.clone(),
-        analytics_stats.clone(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let running = Running::start(bench_settings(opts, &database_url, &input, &term_updates));
+    let (stats, analytics_stats) = (running.stats.clone(), running.analytics.clone());
     let outcome = drained(
         &mut redis,
         &stats,
         &analytics_stats,
-        &service,
+        &running.task,
         total as u64,
         &database_url,
         &term_updates,
         &mut progress,
     )
     .await;
-    let _ = stop_tx.send(());
-    service.await.context("sync task")??;
+    running.stop().await?;
     let caught_up = outcome?;
 
     let first = stats

@@ -127,7 +127,7 @@ pub struct SyncSettings {
     /// Most entries (atoms, triples, terms with their vaults, positions) the in-memory state
     /// keeps between batches; the least recently used are evicted once their batch has committed
     /// and read again from PostgreSQL when a batch needs them. Bounds the service's memory
-    /// (roughly 400 bytes an entry) whatever the size of the history; see
+    /// whatever the size of the history; see `state_cache_keys` and
     /// `state_cache_evicted_keys_total` in /metrics.
     #[arg(long, env = "STATE_CACHE_KEYS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
     pub state_cache_keys: u64,

@@ -704,40 +704,17 @@ impl Keys {
 
     /// Adds the keys `event` touches.
     pub fn add(&mut self, event: &Event) {
-        match &event.kind {
-            EventKind::AtomCreated { term_id, .. } => {
-                self.atoms.insert(*term_id);
-                self.terms.insert(*term_id);
-            }
-            EventKind::TripleCreated { term_id, .. } => {
-                self.triples.insert(*term_id);
-                self.terms.insert(*term_id);
-                self.terms.insert(counter_term_id(term_id));
-            }
-            EventKind::Deposited {
-                receiver,
-                term_id,
-                curve_id,
-                ..
-            }
-            | EventKind::Redeemed {
-                receiver,
-                term_id,
-                curve_id,
-                ..
-            } => {
-                self.positions.insert((*receiver, *term_id, *curve_id));
-                self.vaults.insert((*term_id, *curve_id));
-                self.terms.insert(*term_id);
-            }
-            EventKind::SharePriceChanged {
-                term_id, curve_id, ..
-            } => {
-                self.vaults.insert((*term_id, *curve_id));
-                self.terms.insert(*term_id);
-            }
-            EventKind::Generic { .. } => {}
-        }
+        each_key(event, |key| self.insert(key));
+    }
+
+    fn insert(&mut self, key: Key) {
+        match key {
+            Key::Atom(t) => self.atoms.insert(t),
+            Key::Triple(t) => self.triples.insert(t),
+            Key::Term(t) => self.terms.insert(t),
+            Key::Vault(k) => self.vaults.insert(k),
+            Key::Position(k) => self.positions.insert(k),
+        };
     }
 
     pub fn is_empty(&self) -> bool {
@@ -751,6 +728,65 @@ impl Keys {
             + self.terms.len()
             + self.vaults.len()
             + self.positions.len()
+    }
+}
+
+/// One key an event touches.
+enum Key {
+    Atom(TermId),
+    Triple(TermId),
+    Term(TermId),
+    Vault(VaultKey),
+    Position(PositionKey),
+}
+
+impl Key {
+    /// The term whose shard owns the key.
+    fn term(&self) -> &TermId {
+        match self {
+            Key::Atom(t) | Key::Triple(t) | Key::Term(t) => t,
+            Key::Vault((t, _)) => t,
+            Key::Position((_, t, _)) => t,
+        }
+    }
+}
+
+/// Calls `f` with every key `event` touches: atoms, triples (and their counter terms), vaults and
+/// positions, and the terms of all of them.
+fn each_key(event: &Event, mut f: impl FnMut(Key)) {
+    match &event.kind {
+        EventKind::AtomCreated { term_id, .. } => {
+            f(Key::Atom(*term_id));
+            f(Key::Term(*term_id));
+        }
+        EventKind::TripleCreated { term_id, .. } => {
+            f(Key::Triple(*term_id));
+            f(Key::Term(*term_id));
+            f(Key::Term(counter_term_id(term_id)));
+        }
+        EventKind::Deposited {
+            receiver,
+            term_id,
+            curve_id,
+            ..
+        }
+        | EventKind::Redeemed {
+            receiver,
+            term_id,
+            curve_id,
+            ..
+        } => {
+            f(Key::Position((*receiver, *term_id, *curve_id)));
+            f(Key::Vault((*term_id, *curve_id)));
+            f(Key::Term(*term_id));
+        }
+        EventKind::SharePriceChanged {
+            term_id, curve_id, ..
+        } => {
+            f(Key::Vault((*term_id, *curve_id)));
+            f(Key::Term(*term_id));
+        }
+        EventKind::Generic { .. } => {}
     }
 }
 
@@ -778,50 +814,21 @@ const NO_EVIDENCE: Order = Order {
 /// stamp what it changed, evict what committed long ago. And the reorg recomputation of the
 /// keys orphaned events touched, from their stored rows and the remaining events.
 impl State {
-    /// Of the keys `event` reads, those this state (as a shard: the part it owns) lacks.
+    /// Of the keys `event` reads, those this state (as a shard: the part it owns) lacks. A vault
+    /// is read with its term (a term is loaded with all its vaults).
     pub fn missing(&self, event: &Event, wanted: &mut Keys) {
-        let meta_term = |t: &TermId, wanted: &mut Keys| {
-            if self.owns(t) && !self.terms.contains_key(t) {
-                wanted.terms.insert(*t);
+        each_key(event, |key| {
+            let held = match &key {
+                Key::Atom(t) => self.atoms.contains_key(t),
+                Key::Triple(t) => self.triples.contains_key(t),
+                Key::Term(t) => self.terms.contains_key(t),
+                Key::Vault(_) => true,
+                Key::Position(k) => self.positions.contains_key(k),
+            };
+            if !held && self.owns(key.term()) {
+                wanted.insert(key);
             }
-        };
-        match &event.kind {
-            EventKind::AtomCreated { term_id, .. } => {
-                if !self.atoms.contains_key(term_id) {
-                    wanted.atoms.insert(*term_id);
-                }
-                meta_term(term_id, wanted);
-            }
-            EventKind::TripleCreated { term_id, .. } => {
-                if self.owns(term_id) {
-                    if !self.triples.contains_key(term_id) {
-                        wanted.triples.insert(*term_id);
-                    }
-                    meta_term(term_id, wanted);
-                }
-                meta_term(&counter_term_id(term_id), wanted);
-            }
-            EventKind::Deposited {
-                receiver,
-                term_id,
-                curve_id,
-                ..
-            }
-            | EventKind::Redeemed {
-                receiver,
-                term_id,
-                curve_id,
-                ..
-            } => {
-                let key = (*receiver, *term_id, *curve_id);
-                if !self.positions.contains_key(&key) {
-                    wanted.positions.insert(key);
-                }
-                meta_term(term_id, wanted);
-            }
-            EventKind::SharePriceChanged { term_id, .. } => meta_term(term_id, wanted),
-            EventKind::Generic { .. } => {}
-        }
+        });
     }
 
     /// Loads stored rows of keys this state does not hold (a key it holds is newer here: a batch

@@ -166,6 +166,13 @@ impl VaultType {
             Self::CounterTriple => "CounterTriple",
         }
     }
+
+    /// The type whose stored spelling is `s`.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        [Self::Atom, Self::Triple, Self::CounterTriple]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
 }
 
 /// The type of a term row.
@@ -187,6 +194,13 @@ impl TermType {
             Self::CounterTriple => "CounterTriple",
             Self::Unknown => "Unknown",
         }
+    }
+
+    /// The type whose stored spelling is `s`.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        [Self::Atom, Self::Triple, Self::CounterTriple, Self::Unknown]
+            .into_iter()
+            .find(|t| t.as_str() == s)
     }
 }
 

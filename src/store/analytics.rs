@@ -12,16 +12,17 @@ use anyhow::Context;
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use primitive_types::{U256, U512};
+use primitive_types::U256;
 
 use super::rows::{
     predicate_object_rows, subject_predicate_rows, triple_term_rows, triple_vault_rows,
 };
 use super::rowset::pg_numeric;
+use super::text::{bytes32 as id, u256 as num, u512 as num512};
 use crate::domain::analytics::{PairWrite, TripleKeys, VaultFigures};
 use crate::domain::math;
 use crate::domain::rows::{PairKey, PairRow, TripleTermRow, TripleVaultRow};
-use crate::domain::{Bytes32, TermId};
+use crate::domain::TermId;
 
 #[derive(QueryableByName)]
 struct TripleRecord {
@@ -79,21 +80,6 @@ struct PairRecord {
     total_position_count: i64,
     #[diesel(sql_type = Text)]
     total_market_cap_sum: String,
-}
-
-fn id(s: &str) -> anyhow::Result<TermId> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
-        .with_context(|| format!("{s:?} is not a term id"))?;
-    Ok(Bytes32(out))
-}
-
-fn num(s: &str) -> anyhow::Result<U256> {
-    U256::from_dec_str(s).map_err(|e| anyhow::anyhow!("{s:?} is not a uint256: {e:?}"))
-}
-
-fn num512(s: &str) -> anyhow::Result<U512> {
-    U512::from_dec_str(s).map_err(|e| anyhow::anyhow!("{s:?} is not a 512-bit sum: {e:?}"))
 }
 
 /// A pair table: its name and its two key columns, in [`PairKey`] order.

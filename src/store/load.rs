@@ -18,6 +18,7 @@ use primitive_types::U256;
 use serde_json::Value;
 
 use super::partition::Ranges;
+use super::text::{self, hex_n};
 use crate::domain::rows::Tables;
 use crate::domain::{Address, Bytes32, Event, EventKind, EventMeta, TermId, VaultType};
 
@@ -302,15 +303,21 @@ async fn read_table(
         .await
         .with_context(reading)?);
     while let Some(r) = records.try_next().await.with_context(reading)? {
-        let id = format!("{}:{}", r.transaction_hash, r.log_index);
-        events
-            .push(record_to_event(r, networks).with_context(|| format!("event {id} of {table}"))?);
+        // The identity is formatted only if the row does not decode (not once per row).
+        let transaction_hash =
+            text::bytes32(&r.transaction_hash).with_context(|| format!("an event of {table}"))?;
+        let log_index = r.log_index;
+        events.push(
+            record_to_event(r, transaction_hash, networks)
+                .with_context(|| format!("event {transaction_hash}:{log_index} of {table}"))?,
+        );
     }
     Ok(())
 }
 
 fn record_to_event(
     r: EventRecord,
+    transaction_hash: Bytes32,
     networks: &mut BTreeMap<String, Arc<str>>,
 ) -> anyhow::Result<Event> {
     let params: Vec<String> = serde_json::from_str(&r.params).context("parameters")?;
@@ -325,14 +332,7 @@ fn record_to_event(
     let num = |i: usize| -> anyhow::Result<U256> {
         U256::from_dec_str(p(i)?).map_err(|e| anyhow!("parameter {i}: {e:?}"))
     };
-    let vt = |i: usize| -> anyhow::Result<VaultType> {
-        match p(i)? {
-            "Atom" => Ok(VaultType::Atom),
-            "Triple" => Ok(VaultType::Triple),
-            "CounterTriple" => Ok(VaultType::CounterTriple),
-            other => Err(anyhow!("unknown vault type {other:?}")),
-        }
-    };
+    let vt = |i: usize| -> anyhow::Result<VaultType> { text::vault_type(p(i)?) };
     let kind = match r.event_name.as_str() {
         "AtomCreated" => EventKind::AtomCreated {
             creator: addr(0)?,
@@ -394,7 +394,7 @@ fn record_to_event(
     });
     Ok(Event {
         meta: EventMeta {
-            transaction_hash: Bytes32(hex_n::<32>(&r.transaction_hash)?),
+            transaction_hash,
             log_index: r.log_index,
             block_number: r.block_number,
             block_timestamp: r.block_timestamp,
@@ -416,13 +416,6 @@ fn record_to_event(
         },
         kind,
     })
-}
-
-fn hex_n<const N: usize>(s: &str) -> anyhow::Result<[u8; N]> {
-    let mut out = [0u8; N];
-    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
-        .with_context(|| format!("{s:?} is not {N} bytes of hex"))?;
-    Ok(out)
 }
 
 // ---- derived tables in canonical form ------------------------------------------------------

@@ -18,6 +18,7 @@ pub mod reorg;
 pub mod rows;
 pub mod rowset;
 pub mod schema;
+pub mod text;
 
 use std::time::Duration;
 

@@ -5,16 +5,16 @@
 //! One set-based query per table: keys travel as arrays (`= ANY($1)`, or `UNNEST` for composite
 //! keys), so the cost is a few index probes per key whatever the size of the history.
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use diesel::sql_types::{Array, BigInt, Bool, Bytea, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use primitive_types::U256;
 
 use super::load::{load_events, EVENT_LOG};
+use super::text::{address, bytes32 as b32, term_type, u256 as num, vault_type};
 use crate::domain::rows::{AtomRow, PositionRow, TermRow, TripleRow, VaultRow};
-use crate::domain::types::{TermType, TxHash};
-use crate::domain::{Address, BaseRows, Bytes32, Event, Keys, Order, VaultType};
+use crate::domain::types::TxHash;
+use crate::domain::{BaseRows, Event, Keys, Order};
 
 /// The stored rows of `keys`: atoms, triples, terms with every vault of those terms, positions.
 /// Keys with no row are left out (the fold starts them fresh).
@@ -180,49 +180,12 @@ struct IdentityRecord {
     log_index: i64,
 }
 
-fn b32(s: &str) -> anyhow::Result<Bytes32> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
-        .with_context(|| format!("{s:?} is not 32 bytes of hex"))?;
-    Ok(Bytes32(out))
-}
-
-fn address(s: &str) -> anyhow::Result<Address> {
-    let mut out = [0u8; 20];
-    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
-        .with_context(|| format!("{s:?} is not an address"))?;
-    Ok(Address(out))
-}
-
-fn num(s: &str) -> anyhow::Result<U256> {
-    U256::from_dec_str(s).map_err(|e| anyhow!("{s:?} is not a uint256: {e:?}"))
-}
-
 fn order(block_number: i64, log_index: i64, tx: &str) -> anyhow::Result<Order> {
     Ok(Order {
         block_number,
         log_index,
         transaction_hash: b32(tx)?,
     })
-}
-
-fn vault_type(s: &str) -> anyhow::Result<VaultType> {
-    match s {
-        "Atom" => Ok(VaultType::Atom),
-        "Triple" => Ok(VaultType::Triple),
-        "CounterTriple" => Ok(VaultType::CounterTriple),
-        other => Err(anyhow!("unknown vault type {other:?}")),
-    }
-}
-
-fn term_type(s: &str) -> anyhow::Result<TermType> {
-    match s {
-        "Atom" => Ok(TermType::Atom),
-        "Triple" => Ok(TermType::Triple),
-        "CounterTriple" => Ok(TermType::CounterTriple),
-        "Unknown" => Ok(TermType::Unknown),
-        other => Err(anyhow!("unknown term type {other:?}")),
-    }
 }
 
 #[derive(QueryableByName)]

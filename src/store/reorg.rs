@@ -20,7 +20,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::analytics as sql;
 use super::load::{load_events, load_events_from, EVENT_LOG};
-use super::rebuild::{self, Progress};
+use super::rebuild;
 use super::{prior, rows, write_progress, StreamProgress};
 use crate::domain::analytics::{withdraw, TripleKeys};
 use crate::domain::rows::TripleRow;
@@ -84,12 +84,10 @@ pub struct Recomputed {
     pub triples_withdrawn: usize,
 }
 
-/// Applies the notice in one transaction (see the module docs). `progress` is unused now that
-/// nothing is rebuilt; kept for the callers' progress bars.
+/// Applies the notice in one transaction (see the module docs).
 pub async fn apply(
     conn: &mut AsyncPgConnection,
     request: ReorgRequest<'_>,
-    _progress: Progress<'_>,
 ) -> anyhow::Result<ReorgOutcome> {
     conn.transaction(async |conn| {
         let ReorgRequest {

@@ -359,7 +359,7 @@ impl Writer {
             let pool = self.pool.clone();
             async move {
                 let mut conn = pool.get().await.context("taking a database connection")?;
-                store::reorg::apply(&mut conn, request, &mut |_| {}).await
+                store::reorg::apply(&mut conn, request).await
             }
         })
         .await;

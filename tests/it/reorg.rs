@@ -301,7 +301,6 @@ async fn reorg_mid_fixture_gives_the_fold_without_orphaned_blocks_plus_replaceme
             notice: &notice,
             lease: None,
         },
-        &mut |_| {},
     )
     .await
     .expect("redelivered notice");
@@ -319,7 +318,6 @@ async fn reorg_mid_fixture_gives_the_fold_without_orphaned_blocks_plus_replaceme
             notice: &late,
             lease: None,
         },
-        &mut |_| {},
     )
     .await
     .expect("notice beyond every block");
