@@ -100,6 +100,7 @@ pub async fn apply(
         if let Some(lease) = lease {
             super::lease::fence(conn, lease).await?;
         }
+        index_reads_only(conn).await?;
         // Same order as a rebuild: analytics batches, then event log writers, wait for us.
         super::analytics::lock(conn).await?;
         rebuild::lock_event_log(conn, "SHARE ROW EXCLUSIVE").await?;
@@ -172,6 +173,25 @@ pub async fn apply(
         })
     })
     .await
+}
+
+/// Every read of a reorg is a few index probes by design (block number, position, vault, term).
+/// Right after a catch-up the event tables may not be analyzed yet, and without statistics the
+/// planner guesses a third of the table for `block_number >= fork` and scans all of it (8.6 s at
+/// 10 M events for 167 orphaned events). For this transaction only: index paths, no parallel
+/// workers, no JIT (both only pay off on the large scans this transaction never needs).
+async fn index_reads_only(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
+    for setting in [
+        "SET LOCAL enable_seqscan = off",
+        "SET LOCAL max_parallel_workers_per_gather = 0",
+        "SET LOCAL jit = off",
+    ] {
+        diesel::sql_query(setting)
+            .execute(conn)
+            .await
+            .with_context(|| format!("{setting} for the reorg transaction"))?;
+    }
+    Ok(())
 }
 
 /// The SQL condition of the events `notice` orphans (the move above binds the same values).
