@@ -123,8 +123,13 @@ pub async fn load_base(conn: &mut AsyncPgConnection, keys: &Keys) -> anyhow::Res
 }
 
 /// The stored events (any of the six event tables) with one of `identities`: one statement
-/// finds which are stored (index probes on the primary keys, identities bound as arrays); only
-/// those few — redeliveries, conflicts — are then read whole.
+/// finds which are stored; only those few — redeliveries, conflicts — are then read whole.
+///
+/// The probe is by transaction hash (an event's transactions carry several events each, so there
+/// are about a third as many hashes as identities), sorted, one indexed read per hash and table
+/// in a `LATERAL` join: a plan that stays index probes whether or not the event tables have
+/// statistics (an `IN`/`ANY` over the batch flips to a whole-table hash join on tables never
+/// analyzed). Rows of those transactions with other log indexes are dropped here.
 pub async fn load_identities(
     conn: &mut AsyncPgConnection,
     identities: &[(TxHash, i64)],
@@ -132,27 +137,36 @@ pub async fn load_identities(
     if identities.is_empty() {
         return Ok(Vec::new());
     }
-    let (hashes, logs): (Vec<String>, Vec<i64>) =
-        identities.iter().map(|(h, l)| (h.to_string(), *l)).unzip();
+    let mut hashes: Vec<String> = identities.iter().map(|(h, _)| h.to_string()).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
     let probes: Vec<String> = EVENT_LOG
         .iter()
         .map(|t| {
             format!(
                 "SELECT e.transaction_hash, e.log_index FROM {t} e \
-                 JOIN k ON e.transaction_hash = k.tx AND e.log_index = k.li"
+                 WHERE e.transaction_hash = k.tx"
             )
         })
         .collect();
     let sql = format!(
-        "WITH k(tx, li) AS (SELECT * FROM UNNEST($1::text[], $2::int8[])) {}",
+        "SELECT s.transaction_hash, s.log_index FROM UNNEST($1::text[]) AS k(tx) \
+         CROSS JOIN LATERAL ({}) s",
         probes.join(" UNION ALL ")
     );
+    let asked: std::collections::HashSet<(String, i64)> = identities
+        .iter()
+        .map(|(h, l)| (h.to_string(), *l))
+        .collect();
     let found: Vec<IdentityRecord> = diesel::sql_query(sql)
         .bind::<Array<Text>, _>(hashes)
-        .bind::<Array<BigInt>, _>(logs)
         .load(conn)
         .await
         .context("looking up the batch's identities in the event log")?;
+    let found: Vec<IdentityRecord> = found
+        .into_iter()
+        .filter(|r| asked.contains(&(r.transaction_hash.clone(), r.log_index)))
+        .collect();
     if found.is_empty() {
         return Ok(Vec::new());
     }
