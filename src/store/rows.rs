@@ -140,16 +140,6 @@ fn checksum(a: &Address) -> String {
     text
 }
 
-/// JSONB cannot hold `\u0000`; such an escape is stored as the text `\\u0000` instead, so the
-/// event is kept rather than failing its whole batch.
-fn jsonb_safe(payload: &str) -> String {
-    if payload.contains("\\u0000") {
-        payload.replace("\\u0000", "\\\\u0000")
-    } else {
-        payload.to_owned()
-    }
-}
-
 /// Event log rows for `events` (each must be new: applied as `Applied::New`).
 pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet> {
     let t = || Column::Text(Vec::new());
@@ -322,7 +312,7 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
                 payload,
             } => (
                 &mut generic,
-                vec![Value::T(event_name.clone()), Value::T(jsonb_safe(payload))],
+                vec![Value::T(event_name.clone()), Value::T(payload.clone())],
             ),
         };
         table.meta.push(&e.meta);

@@ -228,6 +228,31 @@ async fn a_nul_network_notice_and_unstorable_parameters_are_dead_lettered_and_th
     );
 }
 
+/// The text `\u0000` (a backslash, not a NUL) is an ordinary string: stored as given, nothing
+/// dead-lettered. (Storing used to double the backslash's escape, which made it a NUL JSONB
+/// refuses.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_of_a_nul_escape_is_stored_as_given() {
+    let env = TestEnv::new("nul_text").await;
+    let lines = [envelope(
+        "ProtocolFeeAccrued",
+        json!([{"note": "a\\u0000b", "transaction_information": info(30, 20, 0)}]),
+    )];
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    env.publish(&refs, &PublishOptions::default()).await;
+    let service = InProcess::start(env.settings(2, 100));
+    // Applied within seconds: the wait is a bound, not a measurement.
+    env.wait_all_drained(Duration::from_secs(30)).await;
+    service.stop().await;
+    assert_eq!(dlq_errors(&env).await, Vec::<String>::new());
+    assert_eq!(
+        env.count(r"SELECT count(*) AS n FROM generic_events WHERE payload->>'note' = 'a\u0000b'")
+            .await,
+        1
+    );
+    assert_verify_clean(&env).await;
+}
+
 /// The safety net for what no one foresaw: rows PostgreSQL refuses (here made refusable with
 /// CHECK constraints of the test database) are isolated — refused generic events by bisection,
 /// a refused core event by retrying its batch's entries one by one, a refused reorg notice — and
