@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{SinkExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::analytics::{self, AnalyticsStats};
@@ -225,8 +224,8 @@ pub async fn sync(
         .map(|f| caught_up.saturating_duration_since(f).as_secs_f64())
         .unwrap_or(0.0);
 
-    let rows = row_counts(&database_url).await?;
-    let (copy_rows, copy_seconds) = copy_rate(&database_url).await?;
+    let rows = store::measure::row_counts(&database_url).await?;
+    let (copy_rows, copy_seconds) = store::measure::copy_rate(&database_url).await?;
     let report = SyncReport {
         database: name.clone(),
         stream: input.clone(),
@@ -642,7 +641,7 @@ async fn drained(
             analytics_stats.entries.load(Ordering::Relaxed),
             analytics_stats.entries.load(Ordering::Relaxed) + lag.undelivered + lag.pending,
         );
-        if lag.caught_up() && outbox_empty(database_url).await? {
+        if lag.caught_up() && store::measure::outbox_len(database_url).await? == 0 {
             break;
         }
         if service.is_finished() {
@@ -653,103 +652,13 @@ async fn drained(
     Ok(Instant::now())
 }
 
-const EVENT_TABLES: [&str; 6] = [
-    "atom_created_events",
-    "triple_created_events",
-    "deposited_events",
-    "redeemed_events",
-    "share_price_changed_events",
-    "generic_events",
-];
-
-async fn outbox_empty(database_url: &str) -> anyhow::Result<bool> {
-    let client = pg_client(database_url).await?;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM term_update_outbox", &[])
-        .await?
-        .get(0);
-    Ok(n == 0)
-}
-
-async fn row_counts(database_url: &str) -> anyhow::Result<Vec<(String, i64)>> {
-    let client = pg_client(database_url).await?;
-    let mut out = Vec::new();
-    for t in EVENT_TABLES.iter().chain(&[
-        "atom",
-        "triple",
-        "position",
-        "vault",
-        "term",
-        "triple_vault",
-        "triple_term",
-        "predicate_object",
-        "subject_predicate",
-    ]) {
-        let n: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-            .await?
-            .get(0);
-        out.push((t.to_string(), n));
-    }
-    Ok(out)
-}
-
-/// Copies every event-log row out (binary COPY, untimed) and into an empty copy of its table
-/// with the same indexes (timed): the speed limit of writing these rows into this server.
-async fn copy_rate(database_url: &str) -> anyhow::Result<(u64, f64)> {
-    let client = pg_client(database_url).await?;
-    // The DROP … IF EXISTS / CASCADE notices below are expected: keep them out of the output.
-    client
-        .batch_execute(
-            "SET client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS copy_baseline",
-        )
-        .await?;
-    let mut data = Vec::new();
-    for t in EVENT_TABLES {
-        client
-            .batch_execute(&format!("DROP TABLE IF EXISTS copy_baseline.{t}; CREATE TABLE copy_baseline.{t} (LIKE public.{t} INCLUDING ALL)"))
-            .await?;
-        let out = client
-            .copy_out(&format!("COPY public.{t} TO STDOUT (FORMAT binary)"))
-            .await?;
-        let chunks: Vec<bytes::Bytes> = out.try_collect().await?;
-        data.push((t, chunks));
-    }
-    let mut rows = 0u64;
-    let started = Instant::now();
-    for (t, chunks) in data {
-        let sink = client
-            .copy_in(&format!(
-                "COPY copy_baseline.{t} FROM STDIN (FORMAT binary)"
-            ))
-            .await?;
-        futures_util::pin_mut!(sink);
-        for c in chunks {
-            sink.send(c).await?;
-        }
-        rows += sink.finish().await?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    client
-        .batch_execute("DROP SCHEMA copy_baseline CASCADE")
-        .await?;
-    Ok((rows, seconds))
-}
-
-async fn pg_client(database_url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    store::connect::client(database_url).await
-}
-
 async fn drop_everything(
     server: &str,
     database: &str,
     redis: &mut redis::aio::MultiplexedConnection,
     streams: &[&str],
 ) -> anyhow::Result<()> {
-    let admin = pg_client(&store::connect::with_database(server, "postgres")).await?;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .await?;
+    store::measure::drop_database(server, database).await?;
     redis::cmd("DEL")
         .arg(streams)
         .query_async::<()>(redis)

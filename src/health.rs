@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 /// The role of this process (SPEC §8 `/ready`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Connecting, migrating, rebuilding its state.
+    /// Connecting and migrating (and, once after an upgrade, rebuilding the derived tables).
     Starting,
     /// Another process holds the writer lease; this one waits to take over.
     Standby,
@@ -59,6 +59,22 @@ impl Default for Health {
 }
 
 impl Health {
+    /// Metrics and the sync breaker, with the service's breaker settings.
+    pub fn for_sync(ops: &crate::config::OpsSettings) -> Self {
+        Self::new(
+            ops.circuit_breaker_threshold,
+            Duration::from_millis(ops.circuit_breaker_timeout_ms),
+        )
+    }
+
+    /// Metrics and the analytics breaker, with the `analytics` subcommand's breaker settings.
+    pub fn for_analytics(args: &crate::config::AnalyticsArgs) -> Self {
+        Self::new(
+            args.circuit_breaker_threshold,
+            Duration::from_millis(args.circuit_breaker_timeout_ms),
+        )
+    }
+
     pub fn new(breaker_threshold: u32, breaker_open_for: Duration) -> Self {
         let h = Self {
             metrics: Metrics::default(),

@@ -60,14 +60,9 @@ pub async fn serve(
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn postgres_ok(url: &str) -> bool {
-    use diesel_async::RunQueryDsl;
-    let check = async {
-        let mut conn = crate::store::connect::connect(url).await.ok()?;
-        diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
-    };
     matches!(
-        tokio::time::timeout(CHECK_TIMEOUT, check).await,
-        Ok(Some(_))
+        tokio::time::timeout(CHECK_TIMEOUT, crate::store::measure::ping(url)).await,
+        Ok(true)
     )
 }
 

@@ -21,15 +21,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::Args;
 use diesel_async::AsyncConnection;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-use crate::config::Connections;
+use crate::config::AnalyticsRun;
 use crate::domain::analytics::{recompute, touched_pairs};
 use crate::domain::rows::TripleTermRow;
 use crate::domain::TermId;
@@ -37,49 +36,7 @@ use crate::health::Breaker;
 use crate::ingest::stream::{self, EntrySource, GroupReader, TERM_IDS_FIELD};
 use crate::store;
 use crate::store::analytics::{self as sql, AnalyticsWrite};
-use crate::store::failure::{self, Class};
-use crate::sync::with_retries;
-
-/// Settings of the analytics consumer (SPEC §7).
-#[derive(Debug, Clone, Args)]
-pub struct AnalyticsSettings {
-    /// Stream of changed term ids written by `sync`.
-    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = crate::config::DEFAULT_TERM_UPDATES_STREAM)]
-    pub term_updates_stream: String,
-    /// Suffix of the analytics consumer group: the group is `analytics<suffix>`.
-    #[arg(long, env = "CONSUMER_GROUP_SUFFIX", default_value = "")]
-    pub consumer_group_suffix: String,
-    /// Most term-update entries per analytics batch (one transaction).
-    #[arg(long, env = "ANALYTICS_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub analytics_batch_size: u32,
-}
-
-impl AnalyticsSettings {
-    pub fn group(&self) -> String {
-        format!("analytics{}", self.consumer_group_suffix)
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if self.term_updates_stream.trim().is_empty() {
-            return Err("TERM_UPDATES_STREAM: must not be empty".into());
-        }
-        if self.consumer_group_suffix.chars().any(char::is_whitespace) {
-            return Err("CONSUMER_GROUP_SUFFIX: must not contain white space".into());
-        }
-        Ok(())
-    }
-}
-
-/// Everything the consumer needs to run.
-#[derive(Debug, Clone)]
-pub struct AnalyticsRun {
-    pub connections: Connections,
-    pub settings: AnalyticsSettings,
-    pub consumer: String,
-    pub block: Duration,
-    pub processing_timeout: Duration,
-    pub max_retries: u32,
-}
+use crate::store::failure::{self, with_retries, Class};
 
 /// Counters of the running consumer.
 #[derive(Debug, Default)]

@@ -1,11 +1,7 @@
 //! `status`: one screen for the on-call engineer — input lag and pending per stream, dead
 //! letters, analytics lag, unpublished term updates and the last committed progress.
 
-use anyhow::Context;
 use clap::Args;
-use diesel::sql_types::{BigInt, Text};
-use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -43,24 +39,6 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-#[derive(QueryableByName)]
-struct ProgressRow {
-    #[diesel(sql_type = Text)]
-    stream: String,
-    #[diesel(sql_type = Text)]
-    last_entry_id: String,
-    #[diesel(sql_type = BigInt)]
-    entries_total: i64,
-    #[diesel(sql_type = Text)]
-    updated_at: String,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let mut redis = stream::connect(
         &args.connections.redis_url,
@@ -82,22 +60,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         redis_postgres_sync::config::InputRetention::Acked => "acked",
     };
     let mut conn = store::connect::connect(&args.connections.database_url).await?;
-    let progress: Vec<ProgressRow> = diesel::sql_query(
-        "SELECT stream, last_entry_id, entries_total, updated_at::text AS updated_at FROM sync_progress WHERE consumer_group = $1 ORDER BY stream",
-    )
-    .bind::<Text, _>(&args.consumer_group)
-    .load(&mut conn)
-    .await
-    .context("reading sync_progress (has `migrate` run?)")?;
-    let outbox: Count = diesel::sql_query("SELECT count(*) AS n FROM term_update_outbox")
-        .get_result(&mut conn)
-        .await
-        .context("reading term_update_outbox")?;
+    let progress = store::measure::progress(&mut conn, &args.consumer_group).await?;
+    let outbox = store::measure::unpublished_batches(&mut conn).await?;
     let report = json!({
         "streams": streams,
         "retention": {"input": input_retention, "term_updates": "acked", "dead_letters": "keep"},
         "analytics": {"stream": args.term_updates_stream, "group": analytics_group, "length": term_updates_length, "undelivered": a.undelivered, "pending": a.pending, "oldest_unacked_seconds": a.seconds},
-        "unpublished_term_update_batches": outbox.n,
+        "unpublished_term_update_batches": outbox,
         "progress": progress.iter().map(|p| json!({"stream": p.stream, "last_entry_id": p.last_entry_id, "entries_total": p.entries_total, "updated_at": p.updated_at})).collect::<Vec<_>>(),
     });
     if args.json {
@@ -129,7 +98,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     );
     println!(
         "  length {term_updates_length}  undelivered {}  pending {}  oldest unacked {:.1}s  unpublished batches {}",
-        a.undelivered, a.pending, a.seconds, outbox.n
+        a.undelivered, a.pending, a.seconds, outbox
     );
     println!("last committed progress");
     if progress.is_empty() {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use redis_postgres_sync::config::{AnalyticsArgs, Connections, SyncSettings};
+use redis_postgres_sync::health::Health;
 use redis_postgres_sync::{analytics, http, store, sync};
 
 pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
@@ -17,7 +18,7 @@ pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
     );
     let stop_rx = redis_postgres_sync::health::stop_flag(shutdown);
     let stopped = redis_postgres_sync::health::stopped;
-    let health = Arc::new(settings.ops.health());
+    let health = Arc::new(Health::for_sync(&settings.ops));
     let stats = Arc::new(sync::SyncStats {
         health: health.clone(),
         ..Default::default()
@@ -73,7 +74,7 @@ pub async fn analytics(args: AnalyticsArgs) -> anyhow::Result<()> {
     store::migrate(&run.connections.database_url).await?;
     sync::check_redis(&run.connections).await?;
     let stats = analytics::AnalyticsStats {
-        health: Arc::new(args.health()),
+        health: Arc::new(Health::for_analytics(&args)),
         ..Default::default()
     };
     analytics::run(run, Arc::new(stats), shutdown).await?;

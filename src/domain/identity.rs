@@ -55,8 +55,6 @@ impl Seen {
         }
     }
 
-    /// Forgets an identity admitted before (its event was refused by the store, so a later
-    /// delivery must be new again).
     /// Whether the identity was admitted (and not forgotten since).
     pub fn contains(&self, transaction_hash: &TxHash, log_index: i64) -> bool {
         self.by_tx
@@ -67,6 +65,8 @@ impl Seen {
             })
     }
 
+    /// Forgets an identity admitted before (its event was refused by the store, so a later
+    /// delivery must be new again).
     pub fn forget(&mut self, transaction_hash: &TxHash, log_index: i64) {
         let Some(logs) = self.by_tx.get_mut(transaction_hash) else {
             return;

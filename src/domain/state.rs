@@ -29,8 +29,8 @@ type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 pub use super::identity::Applied;
 
-/// Keys of the rows that may have changed. For each key the sink reads the row from the state:
-/// a row means upsert, no row means delete.
+/// Keys of the rows that may have changed. For each key the sink reads the row from the state
+/// and upserts it; a batch never deletes a row (only a reorg does: `store::reorg`).
 #[derive(Clone, Debug, Default)]
 pub struct Changes {
     pub atoms: Set<TermId>,

@@ -397,7 +397,7 @@ pub async fn ack(
         .context("acknowledging entries")
 }
 
-pub use crate::store::dead_letters::{DeadLetter, Recorded};
+pub use super::letter::{DeadLetter, Recorded};
 
 /// Adds a recorded dead letter to its `<stream>:dlq` unless one of a higher or equal id was
 /// added before, and remembers its id, atomically: publishing is in id order, so a letter

@@ -17,6 +17,9 @@
 //! Everything that is not a server's answer (I/O, pool and operation time-outs, Redis) is
 //! transient.
 
+use std::future::Future;
+use std::time::Duration;
+
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// What to do about a failure.
@@ -109,6 +112,41 @@ pub fn is_rejection(e: &anyhow::Error) -> bool {
 /// (which table was being written) and the database's message.
 pub fn reason(e: &anyhow::Error) -> String {
     format!("rejected by PostgreSQL: {e:#}")
+}
+
+/// Whether `e` says this process lost the writer lease (never worth a retry).
+pub fn fenced(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<super::lease::Fenced>().is_some())
+}
+
+/// Runs `op` until it succeeds, at most `retries` more times, with exponential backoff.
+pub async fn with_retries<T, F, Fut>(what: &str, retries: u32, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            // A refusal of the data fails the same way again: no retry.
+            Err(e) if attempt < retries && !fenced(&e) && !is_rejection(&e) => {
+                attempt += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+                tracing::warn!(
+                    operation = what,
+                    attempt,
+                    error = format!("{e:#}"),
+                    "retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                return Err(e.context(format!("{what} failed after {} attempts", attempt + 1)))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

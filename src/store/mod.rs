@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod failure;
 pub mod lease;
 pub mod load;
+pub mod measure;
 pub mod partition;
 pub mod prior;
 pub mod rebuild;
@@ -39,20 +40,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 pub type Pool = Bb8Pool<AsyncPgConnection>;
 
-/// `url` with any password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(parts) => parts,
-        None => return url.to_owned(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
+pub use crate::config::database::redact;
 
 /// The database name of a `postgres://…/name?…` URL, and the same URL naming `other` instead.
 fn database_of(url: &str, other: &str) -> Option<(String, String)> {

@@ -1,5 +1,5 @@
-//! Rebuilding every derived table from the event log (the `replay` subcommand, the one-time
-//! upgrade at start, and reorgs), in bounded memory: inside the caller's transaction, delete
+//! Rebuilding every derived table from the event log (the `replay` subcommand and the one-time
+//! upgrade at start; reorgs recompute only the keys they touch, `store::reorg`), in bounded memory: inside the caller's transaction, delete
 //! every row of the nine derived tables, then fold the event log key range by key range
 //! ([`partition`]: each range's events, the base rows of its terms, the triple-level rows of its
 //! triples) and insert each range's rows as soon as it is folded, set-based ([`RowSet`]s of at

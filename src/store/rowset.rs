@@ -139,9 +139,10 @@ pub fn pg_timestamp(unix_seconds: i64) -> PgTimestamp {
 /// What to do when a row's key already exists.
 #[derive(Debug, Clone, Copy)]
 pub enum OnConflict {
-    /// No conflict is possible: a conflict is an error that fails the transaction. The event log
-    /// is written this way — the fold admits only identities not yet committed, so a conflict
-    /// would mean a second writer, and the batch must not commit.
+    /// No conflict is possible: a conflict is an error that fails the transaction. A rebuild
+    /// writes this way, into tables it has just emptied. (The event log is written with
+    /// `Ignore`: the fold admits only identities not yet committed, and the lease fences a
+    /// second writer.)
     Fail,
     /// Keep the stored row.
     Ignore,

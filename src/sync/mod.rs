@@ -29,8 +29,8 @@
 //!
 //! Modules: `prepare` (entries → a batch: decode, dead letters, fold, cuts), `writer` (commit,
 //! publish, acknowledge, reorgs), `shards` (the sharded fold); this file holds the supervisor,
-//! the pipeline that joins reader and writer, the writer lease's standby and heartbeat, and the
-//! retry helper.
+//! the pipeline that joins reader and writer, and the writer lease's standby and heartbeat. The
+//! retry helper is `store::failure::with_retries`, shared with the analytics consumer.
 
 pub mod prepare;
 pub mod shards;
@@ -173,11 +173,11 @@ pub async fn run(
                 if *stop.borrow() {
                     return Ok(());
                 }
-                tracing::info!("rebuilding the in-memory state after a reorg");
+                tracing::info!("restarting the pipeline with an empty cache after a reorg");
             }
             Err(e) if e.downcast_ref::<RejectedBatch>().is_some() => {
                 // Not a failure of Postgres or Redis: the data. No back-off, no breaker: the
-                // entries are retried one by one on a state rebuilt without them.
+                // entries are retried one by one on a fresh pipeline (empty cache).
                 if let (Some(r), Ok(mut q)) = (e.downcast_ref::<RejectedBatch>(), quarantine.lock())
                 {
                     q.refused(&r.entries, &r.reason);
@@ -189,7 +189,7 @@ pub async fn run(
                     "PostgreSQL refused rows derived from the batch; retrying its entries one by one"
                 );
             }
-            Err(e) if fenced(&e) => {
+            Err(e) if failure::fenced(&e) => {
                 // Not a failure of Postgres or Redis: another process writes now. Back to standby.
                 tracing::warn!(
                     error = format!("{e:#}"),
@@ -239,8 +239,8 @@ async fn pipeline(
         tracing::info!(migrations = ?applied, "applied migrations");
     }
     let pool = store::pool(url, 3).await?;
-    // One writer per group: wait as a standby until the lease is ours, then rebuild the state
-    // from Postgres before writing anything (the previous holder may have committed more).
+    // One writer per group: wait as a standby until the lease is ours. The cache starts empty, so
+    // whatever the previous holder committed is read from Postgres by the batches that need it.
     let Some(lease) = standby_until_leased(&pool, settings, consumer, stats, &mut stop).await?
     else {
         return Ok(Ended::Stopped);
@@ -486,41 +486,6 @@ async fn heartbeat(
             // Unreachable database: batches cannot commit either; the lease may expire and the
             // next commit will then be fenced.
             tracing::warn!(error = format!("{e:#}"), "cannot renew the writer lease");
-        }
-    }
-}
-
-/// Whether `e` says this process lost the writer lease (never worth a retry).
-fn fenced(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<store::lease::Fenced>().is_some())
-}
-
-/// Runs `op` until it succeeds, at most `retries` more times, with exponential backoff.
-pub async fn with_retries<T, F, Fut>(what: &str, retries: u32, mut op: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            // A refusal of the data fails the same way again: no retry.
-            Err(e) if attempt < retries && !fenced(&e) && !failure::is_rejection(&e) => {
-                attempt += 1;
-                let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
-                tracing::warn!(
-                    operation = what,
-                    attempt,
-                    error = format!("{e:#}"),
-                    "retrying"
-                );
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => {
-                return Err(e.context(format!("{what} failed after {} attempts", attempt + 1)))
-            }
         }
     }
 }

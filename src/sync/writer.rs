@@ -23,12 +23,13 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::prepare::{note_progress, EntryKey, Prepared, Quarantine, ReorgWork};
-use super::{with_retries, SyncStats};
+use super::SyncStats;
 use crate::config::InputRetention;
 use crate::config::SyncSettings;
 use crate::domain::types::TxHash;
 use crate::ingest::stream::{self, DeadLetter, Entry};
 use crate::metrics::{EventLabels, StreamLabels};
+use crate::store::failure::with_retries;
 
 /// How often acknowledged input entries are trimmed while batches queue up.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

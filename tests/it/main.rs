@@ -2,6 +2,7 @@
 //! binary keeps link time down). Tests that need Postgres and Redis expect them on 127.0.0.1.
 
 mod analytics;
+mod boundaries;
 mod faults;
 mod hostile;
 mod lease;

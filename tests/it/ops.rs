@@ -156,7 +156,7 @@ async fn postgres_outage_opens_the_breaker_and_work_resumes_with_nothing_lost() 
     settings.ops.circuit_breaker_timeout_ms = 1_500;
     settings.max_retries = 1;
     settings.processing_timeout_ms = 1_000;
-    let health = Arc::new(settings.ops.health());
+    let health = Arc::new(redis_postgres_sync::health::Health::for_sync(&settings.ops));
     let stats = Arc::new(redis_postgres_sync::sync::SyncStats {
         health: health.clone(),
         ..Default::default()

@@ -327,7 +327,7 @@ async fn a_real_prometheus_scrapes_the_service_and_evaluates_every_dashboard_que
     // The service, in-process, with its HTTP endpoints.
     let env = TestEnv::new("prom").await;
     let settings = env.settings(2, 100);
-    let health = Arc::new(settings.ops.health());
+    let health = Arc::new(redis_postgres_sync::health::Health::for_sync(&settings.ops));
     let stats = Arc::new(redis_postgres_sync::sync::SyncStats {
         health: health.clone(),
         ..Default::default()

@@ -1,11 +1,11 @@
 //! Settings of SPEC §7: one clap layer, each flag with its environment variable, validated at
 //! start. Passed explicitly to whatever needs them.
 
+pub mod database;
+
 use std::time::Duration;
 
 use clap::Args;
-
-pub use crate::analytics::{AnalyticsRun, AnalyticsSettings};
 
 /// Default `DATABASE_URL`: the local server with trust auth, database `redis_postgres_sync`
 /// (created on first start if missing).
@@ -172,15 +172,6 @@ impl Default for OpsSettings {
     }
 }
 
-impl OpsSettings {
-    pub fn health(&self) -> crate::health::Health {
-        crate::health::Health::new(
-            self.circuit_breaker_threshold,
-            Duration::from_millis(self.circuit_breaker_timeout_ms),
-        )
-    }
-}
-
 impl SyncSettings {
     /// Checks what clap cannot: names the bad setting in the error.
     pub fn validate(&self) -> Result<(), String> {
@@ -270,14 +261,6 @@ pub struct AnalyticsArgs {
 }
 
 impl AnalyticsArgs {
-    /// Metrics and the analytics breaker, with this subcommand's breaker settings.
-    pub fn health(&self) -> crate::health::Health {
-        crate::health::Health::new(
-            self.circuit_breaker_threshold,
-            Duration::from_millis(self.circuit_breaker_timeout_ms),
-        )
-    }
-
     pub fn validate(&self) -> Result<(), String> {
         validate_connections(&self.connections)?;
         self.analytics.validate()
@@ -323,5 +306,45 @@ fn validate_database_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("DATABASE_URL: expected a postgres:// or postgresql:// URL".into());
     }
-    crate::store::connect::validate(url)
+    database::validate(url)
+}
+/// Settings of the analytics consumer (SPEC §7).
+#[derive(Debug, Clone, Args)]
+pub struct AnalyticsSettings {
+    /// Stream of changed term ids written by `sync`.
+    #[arg(long, env = "TERM_UPDATES_STREAM", default_value = DEFAULT_TERM_UPDATES_STREAM)]
+    pub term_updates_stream: String,
+    /// Suffix of the analytics consumer group: the group is `analytics<suffix>`.
+    #[arg(long, env = "CONSUMER_GROUP_SUFFIX", default_value = "")]
+    pub consumer_group_suffix: String,
+    /// Most term-update entries per analytics batch (one transaction).
+    #[arg(long, env = "ANALYTICS_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub analytics_batch_size: u32,
+}
+
+impl AnalyticsSettings {
+    pub fn group(&self) -> String {
+        format!("analytics{}", self.consumer_group_suffix)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.term_updates_stream.trim().is_empty() {
+            return Err("TERM_UPDATES_STREAM: must not be empty".into());
+        }
+        if self.consumer_group_suffix.chars().any(char::is_whitespace) {
+            return Err("CONSUMER_GROUP_SUFFIX: must not contain white space".into());
+        }
+        Ok(())
+    }
+}
+
+/// Everything the consumer needs to run.
+#[derive(Debug, Clone)]
+pub struct AnalyticsRun {
+    pub connections: Connections,
+    pub settings: AnalyticsSettings,
+    pub consumer: String,
+    pub block: Duration,
+    pub processing_timeout: Duration,
+    pub max_retries: u32,
 }
