@@ -4,7 +4,7 @@
 //!
 //! It works key range by key range, in bounded memory: the fold of one range of term ids
 //! (`store::partition`, the same engine `replay` writes from) is compared with the stored rows of
-//! that range only, read with the same key filter (`store::load::load_table_range`), and the
+//! that range only, read with the same key filter (`store::compare::load_table_range`), and the
 //! counts and the first examples are accumulated per table ([`Tally`]); the pair tables are
 //! compared last, range by range of their first id. What is kept across ranges: the tallies, the
 //! triple ids and the pair aggregates of the fold. The triple-level figures come from the fold of
@@ -23,9 +23,10 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
 use crate::domain::{Event, Tables, TermId};
-use crate::store::load::{
-    self, canonical, diff, CanonicalTable, KeyFilter, TableShape, ANALYTICS_TABLES, DERIVED,
+use crate::store::compare::{
+    self, canonical, diff, CanonicalTable, TableShape, ANALYTICS_TABLES, DERIVED,
 };
+use crate::store::load::{self, KeyFilter};
 use crate::store::partition::{self, pairs_by_range, Backend, Plan, Ranges};
 use crate::store::rebuild::Progress;
 
@@ -225,7 +226,7 @@ impl Comparer<'_> {
                 continue;
             }
             let stored =
-                load::load_table_range(self.conn, shape, self.filter, ranges, range).await?;
+                compare::load_table_range(self.conn, shape, self.filter, ranges, range).await?;
             tally.add(expected, &stored);
         }
         Ok(())

@@ -8,7 +8,7 @@ use clap::builder::PossibleValuesParser;
 use clap::Args;
 
 use redis_postgres_sync::config::DatabaseArgs;
-use redis_postgres_sync::store::{self, load::DERIVED};
+use redis_postgres_sync::store::{self, compare::DERIVED};
 use redis_postgres_sync::verify::verify_in;
 
 use super::replay::{RangesArg, StepBar};

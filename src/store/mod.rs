@@ -6,6 +6,7 @@
 //! commit with its data or not at all.
 
 pub mod analytics;
+pub mod compare;
 pub mod connect;
 pub mod dead_letters;
 pub mod failure;

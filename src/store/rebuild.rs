@@ -17,7 +17,8 @@
 use anyhow::Context;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::load::{self, KeyFilter, DERIVED, EVENT_LOG};
+use super::compare::DERIVED;
+use super::load::{self, KeyFilter, EVENT_LOG};
 use super::partition::{self, Backend, Plan, Ranges};
 use super::rows;
 use super::rowset::{OnConflict, RowSet};

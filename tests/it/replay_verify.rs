@@ -9,7 +9,8 @@ use std::time::Duration;
 use diesel_async::RunQueryDsl;
 use redis_postgres_sync::domain::Tables;
 use redis_postgres_sync::ingest::publish::PublishOptions;
-use redis_postgres_sync::store::load::{self, KeyFilter, DERIVED, EVENT_LOG};
+use redis_postgres_sync::store::compare::{self, DERIVED};
+use redis_postgres_sync::store::load::{KeyFilter, EVENT_LOG};
 use redis_postgres_sync::store::partition::Ranges;
 use redis_postgres_sync::store::rebuild::{self, Step};
 use redis_postgres_sync::verify::{verify, verify_in, Report};
@@ -321,12 +322,12 @@ async fn verify_binary_exits_1_on_drift_and_0_once_replayed() {
 }
 
 /// Every derived table in canonical form.
-async fn all_rows(env: &TestEnv) -> Vec<load::CanonicalTable> {
+async fn all_rows(env: &TestEnv) -> Vec<compare::CanonicalTable> {
     let mut conn = env.pg().await;
     let mut out = Vec::new();
     for shape in &DERIVED {
         out.push(
-            load::load_table(&mut conn, shape)
+            compare::load_table(&mut conn, shape)
                 .await
                 .expect("read table"),
         );

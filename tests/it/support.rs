@@ -13,7 +13,7 @@ use redis_postgres_sync::domain::{fold, Event, Tables};
 use redis_postgres_sync::fixture::{self, FixtureConfig};
 use redis_postgres_sync::ingest::publish::{publish, PublishOptions};
 use redis_postgres_sync::ingest::stream;
-use redis_postgres_sync::store::load;
+use redis_postgres_sync::store::compare;
 use redis_postgres_sync::sync::{self, SyncStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -153,9 +153,9 @@ impl TestEnv {
         &self,
         expected: &Tables,
         only: &[&str],
-    ) -> Vec<load::TableDiff> {
+    ) -> Vec<compare::TableDiff> {
         let mut conn = self.pg().await;
-        let diffs = load::compare(&mut conn, expected, only)
+        let diffs = compare::compare(&mut conn, expected, only)
             .await
             .expect("compare");
         let bad: Vec<String> = diffs
@@ -205,6 +205,7 @@ impl Drop for TestEnv {
             self.stream.clone(),
             self.term_updates.clone(),
             stream::dlq_stream(&self.stream),
+            stream::dead_letter_marker(&stream::dlq_stream(&self.stream), &self.group),
         ];
         // Drop runs outside any runtime's async context: use a thread with its own runtime.
         let _ = std::thread::spawn(move || {
