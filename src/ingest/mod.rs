@@ -4,3 +4,4 @@ pub mod json;
 pub mod letter;
 pub mod publish;
 pub mod stream;
+mod value;

@@ -9,6 +9,7 @@ pub mod analytics;
 pub mod compare;
 pub mod connect;
 pub mod dead_letters;
+pub mod event_rows;
 pub mod failure;
 pub mod lease;
 pub mod load;
@@ -212,7 +213,7 @@ pub async fn commit_isolating(
             if lo == hi {
                 continue;
             }
-            let rows = rows::event_rows(&batch.generic[lo..hi]);
+            let rows = event_rows::event_rows(&batch.generic[lo..hi]);
             // A nested transaction is a savepoint: a refusal rolls back this attempt alone.
             let attempt = conn
                 .transaction(async |conn| write_pipelined(conn, rows.iter()).await)

@@ -1,6 +1,6 @@
-//! Domain values → column-wise [`RowSet`]s: the event log rows of a batch's new events, the
-//! base-table rows (atom, triple, position, vault, term) that the batch changed, and one builder
-//! per derived table (the nine of SPEC §2) for whole-table rebuilds.
+//! Domain values → column-wise [`RowSet`]s of the derived tables: the base-table rows (atom,
+//! triple, position, vault, term) that a batch changed, and one builder per derived table (the
+//! nine of contract §2) for whole-table rebuilds. The event log's rows are `event_rows`.
 
 use std::sync::{Arc, LazyLock};
 
@@ -13,121 +13,19 @@ use super::rowset::{pg_numeric, pg_numeric_u512, pg_timestamp, Column, OnConflic
 use crate::domain::rows::{
     AtomRow, PairRow, PositionRow, TermRow, TripleRow, TripleTermRow, TripleVaultRow, VaultRow,
 };
-use crate::domain::{Address, BaseRows, Event, EventKind, EventMeta, Order};
+use crate::domain::{Address, BaseRows, Order};
 
-/// The columns every event table has, in table order.
-const META: [&str; 9] = [
-    "transaction_hash",
-    "log_index",
-    "block_number",
-    "block_hash",
-    "transaction_index",
-    "block_timestamp",
-    "address",
-    "network",
-    "chain_id",
-];
-/// Conflict target of every event table: the event identity.
-const EVENT_KEY: &[&str] = &["transaction_hash", "log_index"];
-
-#[derive(Default)]
-struct MetaColumns {
-    transaction_hash: Vec<String>,
-    log_index: Vec<i64>,
-    block_number: Vec<i64>,
-    block_hash: Vec<Option<String>>,
-    transaction_index: Vec<Option<i64>>,
-    block_timestamp: Vec<Option<i64>>,
-    address: Vec<Option<String>>,
-    network: Vec<Option<String>>,
-    chain_id: Vec<Option<i64>>,
-}
-
-impl MetaColumns {
-    fn push(&mut self, m: &EventMeta) {
-        self.transaction_hash.push(m.transaction_hash.to_string());
-        self.log_index.push(m.log_index);
-        self.block_number.push(m.block_number);
-        self.block_hash.push(m.block_hash.map(|h| h.to_string()));
-        self.transaction_index.push(m.transaction_index);
-        self.block_timestamp.push(m.block_timestamp);
-        self.address.push(m.address.map(|a| checksum(&a)));
-        self.network.push(m.network.as_deref().map(str::to_owned));
-        self.chain_id.push(m.chain_id);
-    }
-
-    fn len(&self) -> usize {
-        self.log_index.len()
-    }
-
-    fn into_columns(self) -> Vec<(&'static str, Column)> {
-        let cols = [
-            Column::Text(self.transaction_hash),
-            Column::BigInt(self.log_index),
-            Column::BigInt(self.block_number),
-            Column::NullableText(self.block_hash),
-            Column::NullableBigInt(self.transaction_index),
-            Column::Timestamp(times(self.block_timestamp)),
-            Column::NullableText(self.address),
-            Column::NullableText(self.network),
-            Column::NullableBigInt(self.chain_id),
-        ];
-        META.into_iter().zip(cols).collect()
-    }
-}
-
-/// Rows of one event table under construction.
-struct EventTable {
-    table: &'static str,
-    meta: MetaColumns,
-    params: Vec<(&'static str, Column)>,
-}
-
-impl EventTable {
-    fn new(table: &'static str, params: Vec<(&'static str, Column)>) -> Self {
-        Self {
-            table,
-            meta: MetaColumns::default(),
-            params,
-        }
-    }
-
-    fn into_rowset(self) -> Option<RowSet> {
-        if self.meta.len() == 0 {
-            return None;
-        }
-        let mut columns = self.meta.into_columns();
-        columns.extend(self.params);
-        Some(RowSet {
-            table: self.table,
-            key: EVENT_KEY,
-            columns,
-            on_conflict: OnConflict::Ignore,
-        })
-    }
-}
-
-/// Appends one value to a parameter column of the same kind (the tables below pair them up).
-fn push(c: &mut Column, v: Value) {
-    match (c, v) {
-        (Column::Text(x) | Column::Jsonb(x), Value::T(v)) => x.push(v),
-        (Column::Numeric(x), Value::N(v)) => x.push(v),
-        (Column::Bytea(x), Value::B(v)) => x.push(v),
-        (c, _) => unreachable!("value of another kind for column {c:?}"),
-    }
-}
-
-fn numeric(v: &U256) -> PgNumeric {
+pub(super) fn numeric(v: &U256) -> PgNumeric {
     pg_numeric(v)
 }
 
-fn times(v: Vec<Option<i64>>) -> Vec<Option<PgTimestamp>> {
+pub(super) fn times(v: Vec<Option<i64>>) -> Vec<Option<PgTimestamp>> {
     v.into_iter().map(|t| t.map(pg_timestamp)).collect()
 }
 
 /// EIP-55 text of an address, cached: the same few thousand accounts (and one contract address)
 /// appear in nearly every batch, and each checksum costs a keccak. Shared by the shard threads.
-fn checksum(a: &Address) -> String {
+pub(super) fn checksum(a: &Address) -> String {
     static CACHE: LazyLock<DashMap<Address, Arc<str>>> = LazyLock::new(DashMap::new);
     if let Some(hit) = CACHE.get(a) {
         return hit.to_string();
@@ -138,198 +36,6 @@ fn checksum(a: &Address) -> String {
     }
     CACHE.insert(*a, Arc::from(text.as_str()));
     text
-}
-
-/// Event log rows for `events` (each must be new: applied as `Applied::New`).
-pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet> {
-    let t = || Column::Text(Vec::new());
-    let n = || Column::Numeric(Vec::new());
-    let mut atom = EventTable::new(
-        "atom_created_events",
-        vec![
-            ("creator", t()),
-            ("term_id", t()),
-            ("atom_data", Column::Bytea(Vec::new())),
-            ("atom_wallet", t()),
-        ],
-    );
-    let mut triple = EventTable::new(
-        "triple_created_events",
-        vec![
-            ("creator", t()),
-            ("term_id", t()),
-            ("subject_id", t()),
-            ("predicate_id", t()),
-            ("object_id", t()),
-            ("counter_term_id", t()),
-        ],
-    );
-    let mut deposited = EventTable::new(
-        "deposited_events",
-        vec![
-            ("sender", t()),
-            ("receiver", t()),
-            ("term_id", t()),
-            ("curve_id", n()),
-            ("assets", n()),
-            ("assets_after_fees", n()),
-            ("shares", n()),
-            ("total_shares", n()),
-            ("vault_type", t()),
-        ],
-    );
-    let mut redeemed = EventTable::new(
-        "redeemed_events",
-        vec![
-            ("sender", t()),
-            ("receiver", t()),
-            ("term_id", t()),
-            ("curve_id", n()),
-            ("shares", n()),
-            ("total_shares", n()),
-            ("assets", n()),
-            ("fees", n()),
-            ("vault_type", t()),
-        ],
-    );
-    let mut price = EventTable::new(
-        "share_price_changed_events",
-        vec![
-            ("term_id", t()),
-            ("curve_id", n()),
-            ("share_price", n()),
-            ("total_assets", n()),
-            ("total_shares", n()),
-            ("vault_type", t()),
-        ],
-    );
-    let mut generic = EventTable::new(
-        "generic_events",
-        vec![("event_name", t()), ("payload", Column::Jsonb(Vec::new()))],
-    );
-
-    for e in events {
-        let (table, values): (&mut EventTable, Vec<Value>) = match &e.kind {
-            EventKind::AtomCreated {
-                creator,
-                term_id,
-                atom_data,
-                atom_wallet,
-            } => (
-                &mut atom,
-                vec![
-                    Value::T(checksum(creator)),
-                    Value::T(term_id.to_string()),
-                    Value::B(atom_data.clone()),
-                    Value::T(checksum(atom_wallet)),
-                ],
-            ),
-            EventKind::TripleCreated {
-                creator,
-                term_id,
-                subject_id,
-                predicate_id,
-                object_id,
-            } => (
-                &mut triple,
-                vec![
-                    Value::T(checksum(creator)),
-                    Value::T(term_id.to_string()),
-                    Value::T(subject_id.to_string()),
-                    Value::T(predicate_id.to_string()),
-                    Value::T(object_id.to_string()),
-                    Value::T(crate::domain::types::counter_term_id(term_id).to_string()),
-                ],
-            ),
-            EventKind::Deposited {
-                sender,
-                receiver,
-                term_id,
-                curve_id,
-                assets,
-                assets_after_fees,
-                shares,
-                total_shares,
-                vault_type,
-            } => (
-                &mut deposited,
-                vec![
-                    Value::T(checksum(sender)),
-                    Value::T(checksum(receiver)),
-                    Value::T(term_id.to_string()),
-                    Value::N(numeric(curve_id)),
-                    Value::N(numeric(assets)),
-                    Value::N(numeric(assets_after_fees)),
-                    Value::N(numeric(shares)),
-                    Value::N(numeric(total_shares)),
-                    Value::T(vault_type.as_str().to_owned()),
-                ],
-            ),
-            EventKind::Redeemed {
-                sender,
-                receiver,
-                term_id,
-                curve_id,
-                shares,
-                total_shares,
-                assets,
-                fees,
-                vault_type,
-            } => (
-                &mut redeemed,
-                vec![
-                    Value::T(checksum(sender)),
-                    Value::T(checksum(receiver)),
-                    Value::T(term_id.to_string()),
-                    Value::N(numeric(curve_id)),
-                    Value::N(numeric(shares)),
-                    Value::N(numeric(total_shares)),
-                    Value::N(numeric(assets)),
-                    Value::N(numeric(fees)),
-                    Value::T(vault_type.as_str().to_owned()),
-                ],
-            ),
-            EventKind::SharePriceChanged {
-                term_id,
-                curve_id,
-                share_price,
-                total_assets,
-                total_shares,
-                vault_type,
-            } => (
-                &mut price,
-                vec![
-                    Value::T(term_id.to_string()),
-                    Value::N(numeric(curve_id)),
-                    Value::N(numeric(share_price)),
-                    Value::N(numeric(total_assets)),
-                    Value::N(numeric(total_shares)),
-                    Value::T(vault_type.as_str().to_owned()),
-                ],
-            ),
-            EventKind::Generic {
-                event_name,
-                payload,
-            } => (
-                &mut generic,
-                vec![Value::T(event_name.clone()), Value::T(payload.clone())],
-            ),
-        };
-        table.meta.push(&e.meta);
-        for ((_, col), v) in table.params.iter_mut().zip(values) {
-            push(col, v);
-        }
-    }
-    [atom, triple, deposited, redeemed, price, generic]
-        .into_iter()
-        .filter_map(EventTable::into_rowset)
-        .collect()
-}
-
-enum Value {
-    T(String),
-    N(PgNumeric),
-    B(Vec<u8>),
 }
 
 /// Upserts of the base rows named by `changes`: atom, triple, position, vault, term. Conflict

@@ -20,7 +20,7 @@ use crate::domain::{BaseRows, Event};
 use crate::ingest::decode::{decode_envelope, Envelope, ReorgNotice};
 use crate::ingest::stream::{self, DeadLetter, Entry};
 use crate::store::dead_letters::WHOLE_ENTRY;
-use crate::store::rows::event_rows;
+use crate::store::event_rows::event_rows;
 use crate::store::{BatchWrite, StreamProgress};
 
 /// `(stream, entry id)`.

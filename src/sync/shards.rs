@@ -30,7 +30,8 @@ use crate::domain::identity::Seen;
 use crate::domain::state::shard_of;
 use crate::domain::types::{counter_term_id, TxHash};
 use crate::domain::{Applied, BaseRows, Changes, Event, EventKind, Keys, State};
-use crate::store::rows::{base_rows, event_rows};
+use crate::store::event_rows::event_rows;
+use crate::store::rows::base_rows;
 use crate::store::rowset::RowSet;
 
 /// The rows one batch writes, and what it did.

@@ -2,7 +2,8 @@
 //!
 //! - SQL is written only under `src/store/`;
 //! - `src/domain/` uses no tokio, diesel, redis or serde (it is the pure fold);
-//! - the library's top-level modules import each other without cycles.
+//! - the library's top-level modules import each other without cycles;
+//! - no source file holds more than 600 lines of non-test code.
 //!
 //! Test code (`#[cfg(test)]` items and the files of test-only modules) is left out: a test may
 //! reach across layers to set up its case. The checks read tokens, not a parse tree — a string
@@ -371,6 +372,26 @@ fn top_level_modules_import_each_other_without_cycles() {
         cycles.is_empty(),
         "import cycles between top-level modules:\n{}",
         cycles.join("\n")
+    );
+}
+
+#[test]
+fn no_source_file_holds_more_than_600_lines_of_code() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let files = rust_files(&src);
+    let test_only = test_only_files(&files);
+    let mut long = Vec::new();
+    for file in files.iter().filter(|f| !test_only.contains(*f)) {
+        let code = non_test_code(&fs::read_to_string(file).expect("readable source"));
+        let lines = code.lines().filter(|l| !l.trim().is_empty()).count();
+        if lines > 600 {
+            long.push(format!("{}: {lines} lines", file.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "split these files (comments, blank lines and tests not counted):\n{}",
+        long.join("\n")
     );
 }
 
