@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod analytics;
+pub mod app;
 pub mod bench;
 pub mod breaker;
 pub mod config;

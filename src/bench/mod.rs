@@ -22,7 +22,7 @@ use crate::ingest::decode::{decode_envelope, Envelope};
 use crate::ingest::publish::{publish, PublishOptions};
 use crate::ingest::stream;
 use crate::store;
-use crate::sync::{self, SyncStats};
+use crate::sync::SyncStats;
 
 mod scale;
 pub use scale::{
@@ -283,20 +283,19 @@ struct Running {
 
 impl Running {
     fn start(settings: SyncSettings) -> Self {
-        let stats = Arc::new(SyncStats::default());
-        let analytics = Arc::new(AnalyticsStats::default());
+        let app = crate::app::App::new(&settings);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sync::service(
-            settings,
-            stats.clone(),
-            analytics.clone(),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        let running = app.clone();
+        let task = tokio::spawn(async move {
+            running
+                .run(settings, None, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
         Self {
-            stats,
-            analytics,
+            stats: app.sync,
+            analytics: app.analytics,
             stop,
             task,
         }

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
+use redis_postgres_sync::app::{self, App};
 use redis_postgres_sync::config::{AnalyticsArgs, Connections, SyncSettings};
 use redis_postgres_sync::health::Health;
-use redis_postgres_sync::{analytics, http, store, sync};
+use redis_postgres_sync::{analytics, store, sync};
 
 pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
@@ -16,47 +16,10 @@ pub async fn run(settings: SyncSettings) -> anyhow::Result<()> {
         batch_size = settings.batch_size,
         "starting sync"
     );
-    let stop_rx = redis_postgres_sync::health::stop_flag(shutdown);
-    let stopped = redis_postgres_sync::health::stopped;
-    let health = Arc::new(Health::for_sync(&settings.ops));
-    let stats = Arc::new(sync::SyncStats {
-        health: health.clone(),
-        ..Default::default()
-    });
-    let analytics_stats = Arc::new(analytics::AnalyticsStats {
-        health: health.clone(),
-        ..Default::default()
-    });
-    let http_task = if settings.ops.http_port == 0 {
-        None
-    } else {
-        let addr = std::net::SocketAddr::new(settings.ops.http_bind, settings.ops.http_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("HTTP_PORT: cannot listen on {addr}"))?;
-        tracing::info!(%addr, "serving /health, /ready and /metrics");
-        let state = http::HttpState {
-            health,
-            sync: stats.clone(),
-            analytics: analytics_stats.clone(),
-            database_url: settings.connections.database_url.clone(),
-            redis_url: settings.connections.redis_url.clone(),
-            redis_ca_cert: settings.connections.redis_ca_cert.clone(),
-            streams: settings.redis_streams.clone(),
-            group: settings.consumer_group.clone(),
-            term_updates_stream: settings.analytics.term_updates_stream.clone(),
-            analytics_group: settings.analytics.group(),
-        };
-        Some(tokio::spawn(http::serve(
-            listener,
-            state,
-            stopped(stop_rx.clone()),
-        )))
-    };
-    sync::service(settings, stats, analytics_stats, stopped(stop_rx)).await?;
-    if let Some(task) = http_task {
-        task.await.context("the HTTP task panicked")??;
-    }
+    let listener = app::listen(&settings.ops).await?;
+    App::new(&settings)
+        .run(settings, listener, shutdown)
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

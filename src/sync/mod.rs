@@ -107,7 +107,10 @@ pub async fn service(
 ) -> anyhow::Result<()> {
     let url = &settings.connections.database_url;
     store::create_database_if_missing(url).await?;
-    store::migrate(url).await?;
+    let applied = store::migrate(url).await?;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "applied migrations");
+    }
     check_redis(&settings.connections).await?;
     let stop_rx = crate::health::stop_flag(shutdown);
     let stopped = crate::health::stopped;
@@ -232,13 +235,8 @@ async fn pipeline(
     quarantine: &Arc<Mutex<Quarantine>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Ended> {
-    let url = &settings.connections.database_url;
-    store::create_database_if_missing(url).await?;
-    let applied = store::migrate(url).await?;
-    if !applied.is_empty() {
-        tracing::info!(migrations = ?applied, "applied migrations");
-    }
-    let pool = store::pool(url, 3).await?;
+    // The schema was migrated once, at process start (`service`).
+    let pool = store::pool(&settings.connections.database_url, 3).await?;
     // One writer per group: wait as a standby until the lease is ours. The cache starts empty, so
     // whatever the previous holder committed is read from Postgres by the batches that need it.
     let Some(lease) = standby_until_leased(&pool, settings, consumer, stats, &mut stop).await?

@@ -276,8 +276,7 @@ const ANALYTICS_LOCK: &str = "7310411862190233169";
 async fn analytics_failures_leave_the_sync_breaker_closed() {
     use diesel_async::RunQueryDsl;
     use redis_postgres_sync::breaker::BreakerState;
-    use redis_postgres_sync::health::{Breaker, Health};
-    use std::sync::Arc;
+    use redis_postgres_sync::health::Breaker;
 
     let env = TestEnv::new("analytics_breaker").await;
     let mut holder = env.pg().await;
@@ -286,26 +285,19 @@ async fn analytics_failures_leave_the_sync_breaker_closed() {
         .await
         .expect("take the analytics lock");
     // One Health for both pipelines, as in production: threshold 2, open for 3 s.
-    let health = Arc::new(Health::new(2, Duration::from_secs(3)));
-    let stats = Arc::new(redis_postgres_sync::sync::SyncStats {
-        health: health.clone(),
-        ..Default::default()
-    });
-    let analytics = Arc::new(redis_postgres_sync::analytics::AnalyticsStats {
-        health: health.clone(),
-        ..Default::default()
-    });
     let mut settings = env.settings(2, 200);
     settings.max_retries = 1;
+    settings.ops.circuit_breaker_threshold = 2;
+    settings.ops.circuit_breaker_timeout_ms = 3_000;
+    let app = redis_postgres_sync::app::App::new(&settings);
+    let (health, stats, analytics) = (app.health.clone(), app.sync.clone(), app.analytics.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(redis_postgres_sync::sync::service(
-        settings,
-        stats.clone(),
-        analytics.clone(),
-        async move {
+    let service = tokio::spawn(async move {
+        app.run(settings, None, async move {
             let _ = rx.await;
-        },
-    ));
+        })
+        .await
+    });
     env.publish(&fixture_lines(SMALL_FIXTURE), &PublishOptions::default())
         .await;
     // Sync drains its input while every analytics batch times out.

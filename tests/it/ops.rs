@@ -2,13 +2,11 @@
 //! breaker and /health follow a Postgres outage and work resumes with nothing lost; SIGTERM
 //! leaves consistent tables; no password leaks; the dashboard names only exported metrics.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis_postgres_sync::domain::fold;
 use redis_postgres_sync::health::Health;
-use redis_postgres_sync::http::{self, HttpState};
 use redis_postgres_sync::ingest::publish::PublishOptions;
 use redis_postgres_sync::ingest::stream::dlq_stream;
 use redis_postgres_sync::metrics::{EventLabels, RoleLabels, StreamLabels};
@@ -156,42 +154,18 @@ async fn postgres_outage_opens_the_breaker_and_work_resumes_with_nothing_lost() 
     settings.ops.circuit_breaker_timeout_ms = 1_500;
     settings.max_retries = 1;
     settings.processing_timeout_ms = 1_000;
-    let health = Arc::new(redis_postgres_sync::health::Health::for_sync(&settings.ops));
-    let stats = Arc::new(redis_postgres_sync::sync::SyncStats {
-        health: health.clone(),
-        ..Default::default()
-    });
-    let analytics = Arc::new(redis_postgres_sync::analytics::AnalyticsStats {
-        health: health.clone(),
-        ..Default::default()
-    });
+    let app = redis_postgres_sync::app::App::new(&settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let state = HttpState {
-        health: health.clone(),
-        sync: stats.clone(),
-        analytics: analytics.clone(),
-        database_url: settings.connections.database_url.clone(),
-        redis_url: REDIS.to_owned(),
-        redis_ca_cert: None,
-        streams: settings.redis_streams.clone(),
-        group: settings.consumer_group.clone(),
-        term_updates_stream: env.term_updates.clone(),
-        analytics_group: "analytics".into(),
-    };
-    let http_task = tokio::spawn(http::serve(listener, state, stopped(stop_rx.clone())));
-    let service = tokio::spawn(redis_postgres_sync::sync::service(
-        settings,
-        stats.clone(),
-        analytics,
-        stopped(stop_rx),
-    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(async move {
+        app.run(settings, Some(listener), async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
 
     env.publish(first, &PublishOptions::default()).await;
     env.wait_drained(Duration::from_secs(60)).await;
@@ -235,9 +209,8 @@ async fn postgres_outage_opens_the_breaker_and_work_resumes_with_nothing_lost() 
     proxy.restore();
     env.wait_all_drained(Duration::from_secs(120)).await;
     assert_eq!(http_get(port, "/health").await.0, 200, "healthy again");
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(());
     service.await.expect("join").expect("service");
-    http_task.await.expect("join").expect("http");
     env.assert_all_tables(&expected_tables(SMALL_FIXTURE)).await;
 }
 

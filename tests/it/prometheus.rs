@@ -8,10 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_postgres_sync::http::{self, HttpState};
 use redis_postgres_sync::ingest::publish::PublishOptions;
 use serde_json::{json, Value};
 
@@ -327,42 +325,18 @@ async fn a_real_prometheus_scrapes_the_service_and_evaluates_every_dashboard_que
     // The service, in-process, with its HTTP endpoints.
     let env = TestEnv::new("prom").await;
     let settings = env.settings(2, 100);
-    let health = Arc::new(redis_postgres_sync::health::Health::for_sync(&settings.ops));
-    let stats = Arc::new(redis_postgres_sync::sync::SyncStats {
-        health: health.clone(),
-        ..Default::default()
-    });
-    let analytics = Arc::new(redis_postgres_sync::analytics::AnalyticsStats {
-        health: health.clone(),
-        ..Default::default()
-    });
+    let app = redis_postgres_sync::app::App::new(&settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let state = HttpState {
-        health: health.clone(),
-        sync: stats.clone(),
-        analytics: analytics.clone(),
-        database_url: env.database_url.clone(),
-        redis_url: REDIS.to_owned(),
-        redis_ca_cert: None,
-        streams: settings.redis_streams.clone(),
-        group: settings.consumer_group.clone(),
-        term_updates_stream: env.term_updates.clone(),
-        analytics_group: "analytics".into(),
-    };
-    let http_task = tokio::spawn(http::serve(listener, state, stopped(stop_rx.clone())));
-    let service = tokio::spawn(redis_postgres_sync::sync::service(
-        settings,
-        stats,
-        analytics,
-        stopped(stop_rx),
-    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(async move {
+        app.run(settings, Some(listener), async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
 
     let mut prom = Prometheus::start(&binary, port, &rules_file);
     prom.wait_ready().await;
@@ -457,9 +431,8 @@ async fn a_real_prometheus_scrapes_the_service_and_evaluates_every_dashboard_que
         failures.push(format!("DeadLetters is not firing: {dead_letters:?}"));
     }
 
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(());
     service.await.expect("join").expect("service");
-    http_task.await.expect("join").expect("http");
     assert!(
         failures.is_empty(),
         "{} of {} queries or rules failed:\n{}\nprometheus log:\n{}",

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use redis::AsyncCommands;
 use redis_postgres_sync::analytics::AnalyticsStats;
+use redis_postgres_sync::app::App;
 use redis_postgres_sync::config::{AnalyticsSettings, Connections, SyncSettings};
 use redis_postgres_sync::domain::{fold, Event, Tables};
 use redis_postgres_sync::fixture::{self, FixtureConfig};
 use redis_postgres_sync::ingest::publish::{publish, PublishOptions};
 use redis_postgres_sync::ingest::stream;
 use redis_postgres_sync::store::compare;
-use redis_postgres_sync::sync::{self, SyncStats};
+use redis_postgres_sync::sync::SyncStats;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -264,21 +265,20 @@ impl InProcess {
     /// `sync` with its analytics consumer (unless `settings.no_analytics`).
     pub fn start(settings: SyncSettings) -> Self {
         let (tx, rx) = oneshot::channel();
-        let stats = Arc::new(SyncStats::default());
-        let analytics = Arc::new(AnalyticsStats::default());
-        let handle = tokio::spawn(sync::service(
-            settings,
-            stats.clone(),
-            analytics.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let app = App::new(&settings);
+        let running = app.clone();
+        let handle = tokio::spawn(async move {
+            running
+                .run(settings, None, async move {
+                    let _ = rx.await;
+                })
+                .await
+        });
         Self {
             stop: Some(tx),
             handle,
-            stats,
-            analytics,
+            stats: app.sync,
+            analytics: app.analytics,
         }
     }
 
