@@ -186,18 +186,6 @@ impl Health {
     }
 }
 
-/// After a failed sync pipeline: [`back_off_on`] sync's breaker.
-pub async fn back_off(
-    health: &Health,
-    restarts: &std::sync::atomic::AtomicU64,
-    failures: u32,
-    error: &anyhow::Error,
-    what: &str,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> bool {
-    back_off_on(health, Breaker::Sync, restarts, failures, error, what, stop).await
-}
-
 /// After a failed pipeline: counts it (restarts, metric, the pipeline's own breaker `which`),
 /// logs it once, and waits an exponential backoff (0.4 s doubling up to 10 s). Returns `true` if
 /// `stop` fired meanwhile.
@@ -223,6 +211,61 @@ pub async fn back_off_on(
     tokio::select! {
         _ = tokio::time::sleep(wait) => false,
         _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
+/// What one run of a supervised pipeline asks for when it ends without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Stop was requested: the supervisor returns.
+    Stop,
+    /// Run again at once (a reorg was applied, a refused batch quarantined, the lease lost).
+    Again,
+}
+
+/// The one supervisor of the service's pipelines (sync and the analytics consumer): waits out
+/// the pipeline's own breaker (`which`) while it is open, runs `once`, and after a failure counts
+/// it and backs off ([`back_off_on`]) before the next run. Returns when a run says
+/// [`Next::Stop`] or `stop` fires.
+pub async fn supervise<F, Fut>(
+    health: &Health,
+    which: Breaker,
+    restarts: &std::sync::atomic::AtomicU64,
+    what: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+    mut once: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Next>>,
+{
+    let mut failures = 0u32;
+    loop {
+        // The breaker open: wait out its open period (contract §4), then try once (half-open).
+        let wait = health.wait_of(which);
+        if !wait.is_zero() {
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+        match once(stop.clone()).await {
+            Ok(Next::Stop) => return Ok(()),
+            Ok(Next::Again) => {
+                failures = 0;
+                if *stop.borrow() {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let mut stop = stop.clone();
+                if back_off_on(health, which, restarts, failures, &e, what, &mut stop).await {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
@@ -286,6 +329,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_supervisor_runs_again_after_failures_and_again_requests_until_stop() {
+        let h = Health::new(5, Duration::from_secs(60));
+        let restarts = std::sync::atomic::AtomicU64::new(0);
+        let (_tx, stop) = tokio::sync::watch::channel(false);
+        let runs = std::sync::atomic::AtomicU32::new(0);
+        // Fails twice, asks to run again once, then stops.
+        let outcome = supervise(&h, Breaker::Sync, &restarts, "test", stop, |_| {
+            let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                match n {
+                    0 | 1 => Err(anyhow::anyhow!("connection refused")),
+                    2 => Ok(Next::Again),
+                    _ => Ok(Next::Stop),
+                }
+            }
+        })
+        .await;
+        assert!(outcome.is_ok());
+        assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert_eq!(
+            restarts.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "only failures count as restarts"
+        );
+        assert_eq!(h.metrics.pipeline_restarts.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn back_off_counts_on_the_pipeline_s_own_breaker() {
         let h = Health::new(1, Duration::from_secs(60));
         let restarts = std::sync::atomic::AtomicU64::new(0);
@@ -305,7 +376,18 @@ mod tests {
         assert_eq!(h.state_of(Breaker::Analytics), BreakerState::Open);
         assert_eq!(h.breaker_state(), BreakerState::Closed);
         // Sync's variant keeps its signature and counts on sync's breaker.
-        assert!(!back_off(&h, &restarts, 1, &e, "sync pipeline", &mut stop).await);
+        assert!(
+            !back_off_on(
+                &h,
+                Breaker::Sync,
+                &restarts,
+                1,
+                &e,
+                "sync pipeline",
+                &mut stop
+            )
+            .await
+        );
         assert_eq!(h.breaker_state(), BreakerState::Open);
         assert_eq!(restarts.load(std::sync::atomic::Ordering::Relaxed), 2);
     }

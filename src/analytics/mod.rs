@@ -62,38 +62,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stop = crate::health::stop_flag(shutdown);
-    let mut failures = 0u32;
-    loop {
-        // Our own breaker open: wait out its open period, then try once (half-open).
-        let wait = stats.health.wait_of(Breaker::Analytics);
-        if !wait.is_zero() {
-            let mut stop = stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return Ok(()),
+    crate::health::supervise(
+        &stats.health,
+        Breaker::Analytics,
+        &stats.restarts,
+        "analytics consumer",
+        stop,
+        |stop| {
+            let (run, stats) = (&run, &stats);
+            async move {
+                consume(run, stats, stop).await?;
+                Ok(crate::health::Next::Stop)
             }
-        }
-        match consume(&run, &stats, stop.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                failures += 1;
-                let mut stop = stop.clone();
-                if crate::health::back_off_on(
-                    &stats.health,
-                    Breaker::Analytics,
-                    &stats.restarts,
-                    failures,
-                    &e,
-                    "analytics consumer",
-                    &mut stop,
-                )
-                .await
-                {
-                    return Ok(());
-                }
-            }
-        }
-    }
+        },
+    )
+    .await
 }
 
 async fn consume(
