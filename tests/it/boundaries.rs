@@ -300,6 +300,22 @@ fn the_domain_uses_no_runtime_database_broker_or_serialization_crate() {
     );
 }
 
+#[test]
+fn the_domain_s_tests_need_no_decoder_or_fixture_generator() {
+    // Tests included: the domain's tests build domain events themselves.
+    let domain = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain");
+    let mut offenders = Vec::new();
+    for file in rust_files(&domain) {
+        let code = strip_comments(&fs::read_to_string(&file).expect("readable source"));
+        for path in ["crate::fixture", "crate::ingest", "serde_json"] {
+            if code.contains(path) {
+                offenders.push(format!("{}: {path}", file.display()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{}", offenders.join("\n"));
+}
+
 /// Top-level modules each module's non-test code names (`crate::x`, `use crate::{x, …}`).
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let sources = library_sources();
