@@ -20,7 +20,6 @@ pub mod rebuild;
 pub mod reorg;
 pub mod rows;
 pub mod rowset;
-pub mod schema;
 pub mod text;
 
 use std::time::Duration;

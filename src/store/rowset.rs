@@ -33,7 +33,8 @@ pub enum Column {
 }
 
 impl Column {
-    fn len(&self) -> usize {
+    /// Values in the column (one per row of its row set).
+    pub fn len(&self) -> usize {
         match self {
             Column::Text(v) | Column::Jsonb(v) => v.len(),
             Column::Numeric(v) => v.len(),
@@ -44,6 +45,10 @@ impl Column {
             Column::Timestamp(v) => v.len(),
             Column::Bytea(v) => v.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn append(&mut self, other: Column) {
@@ -221,6 +226,14 @@ impl RowSet {
         if self.is_empty() {
             return Ok(0);
         }
+        // A column short of a value would pair each later row with its successor's value (UNNEST
+        // pads the short array with NULL at the end): a bug of the row builder, which
+        // tests/it/columns.rs checks for every table.
+        debug_assert!(
+            self.columns.iter().all(|(_, c)| c.len() == self.len()),
+            "row set of {} has columns of different lengths",
+            self.table
+        );
         let mut conn = conn;
         let mut query = diesel::sql_query(self.sql()).into_boxed::<Pg>();
         for (_, column) in &self.columns {

@@ -3,6 +3,7 @@
 
 mod analytics;
 mod boundaries;
+mod columns;
 mod faults;
 mod hostile;
 mod lease;

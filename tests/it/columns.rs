@@ -1,0 +1,118 @@
+//! The tables as the store writes and reads them, against the migrated schema (the one
+//! definition that counts: `migrations/`). Every row set the store builds — the event log's
+//! from one event of each kind, each derived table's from a fold — names only columns the table
+//! has, includes every NOT NULL column without a default, and holds one value per row in every
+//! column (a value left out would shift the later columns of the row, since `UNNEST` pads with
+//! NULL). The read side — the event-log reader and each derived table's canonical SELECT — runs
+//! on the migrated schema.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use diesel::sql_types::{Bool, Text};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use redis_postgres_sync::domain::fold;
+use redis_postgres_sync::fixture;
+use redis_postgres_sync::store::rowset::RowSet;
+use redis_postgres_sync::store::{self, compare, event_rows, load, rows};
+
+use crate::support::*;
+
+#[derive(QueryableByName)]
+struct SchemaColumn {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Bool)]
+    required: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_sets_and_reads_match_the_migrated_schema() {
+    let env = TestEnv::new("columns").await;
+    store::migrate(&env.database_url).await.expect("migrate");
+    let mut conn = store::connect::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let found: Vec<SchemaColumn> = diesel::sql_query(
+        "SELECT table_name::text AS table_name, column_name::text AS column_name, \
+         (is_nullable = 'NO' AND column_default IS NULL) AS required \
+         FROM information_schema.columns WHERE table_schema = 'public'",
+    )
+    .load(&mut conn)
+    .await
+    .expect("information_schema");
+    let mut schema: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
+    for c in found {
+        schema
+            .entry(c.table_name)
+            .or_default()
+            .insert(c.column_name, c.required);
+    }
+
+    let events = fixture::read_events(include_str!("../fixtures/small.jsonl")).expect("fixture");
+    let tables = fold(&events).tables();
+    let mut sets: Vec<RowSet> = event_rows::event_rows(&events);
+    sets.push(rows::atom_rows(tables.atom.values().cloned()));
+    sets.push(rows::triple_rows(tables.triple.values().cloned()));
+    sets.push(rows::position_rows(tables.position.values().cloned()));
+    sets.push(rows::vault_rows(tables.vault.values().cloned()));
+    sets.push(rows::term_rows(tables.term.values().cloned()));
+    let triple_vaults: Vec<_> = tables.triple_vault.values().cloned().collect();
+    sets.push(rows::triple_vault_rows(&triple_vaults));
+    let triple_terms: Vec<_> = tables.triple_term.values().cloned().collect();
+    sets.push(rows::triple_term_rows(&triple_terms));
+    sets.push(rows::predicate_object_rows(
+        tables.predicate_object.values().cloned(),
+    ));
+    sets.push(rows::subject_predicate_rows(
+        tables.subject_predicate.values().cloned(),
+    ));
+
+    let written: BTreeSet<&str> = sets.iter().map(|s| s.table).collect();
+    for table in load::EVENT_LOG
+        .iter()
+        .chain(compare::DERIVED.iter().map(|s| &s.name))
+    {
+        assert!(written.contains(table), "no row set of {table} was built");
+    }
+    let mut problems = Vec::new();
+    for set in &sets {
+        let Some(columns) = schema.get(set.table) else {
+            problems.push(format!("{}: no such table", set.table));
+            continue;
+        };
+        assert!(!set.is_empty(), "{}: the fixture gives rows", set.table);
+        let names: BTreeSet<&str> = set.columns.iter().map(|(n, _)| *n).collect();
+        for (name, column) in &set.columns {
+            if !columns.contains_key(*name) {
+                problems.push(format!("{}.{name}: no such column", set.table));
+            }
+            if column.len() != set.len() {
+                problems.push(format!(
+                    "{}.{name}: {} values for {} rows",
+                    set.table,
+                    column.len(),
+                    set.len()
+                ));
+            }
+        }
+        for (name, required) in columns {
+            if *required && !names.contains(name.as_str()) {
+                problems.push(format!("{}.{name}: NOT NULL and never written", set.table));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The read side runs on this schema too.
+    load::load_events(&mut conn, None)
+        .await
+        .expect("the event-log reader");
+    for shape in &compare::DERIVED {
+        compare::load_table(&mut conn, shape)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", shape.name));
+    }
+}
