@@ -77,6 +77,13 @@ impl App {
         )
         .await;
         let http = match http {
+            // The service failed (a setting to fix, a migration that cannot run): the endpoints
+            // must not keep the process alive, so the caller sees the error and exits.
+            Some(task) if served.is_err() => {
+                task.abort();
+                let _ = task.await;
+                Ok(())
+            }
             Some(task) => task.await.context("the HTTP task panicked")?,
             None => Ok(()),
         };

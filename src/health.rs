@@ -220,7 +220,9 @@ pub enum Next {
     /// Stop was requested: the supervisor returns.
     Stop,
     /// Run again at once (a reorg was applied, a refused batch quarantined, the lease lost).
-    Again,
+    /// `reset_back_off`: the run went well (a reorg), so the next failure backs off from the
+    /// start; otherwise the count of failures in a row carries over.
+    Again { reset_back_off: bool },
 }
 
 /// The one supervisor of the service's pipelines (sync and the analytics consumer): waits out
@@ -252,8 +254,10 @@ where
         }
         match once(stop.clone()).await {
             Ok(Next::Stop) => return Ok(()),
-            Ok(Next::Again) => {
-                failures = 0;
+            Ok(Next::Again { reset_back_off }) => {
+                if reset_back_off {
+                    failures = 0;
+                }
                 if *stop.borrow() {
                     return Ok(());
                 }
@@ -340,7 +344,9 @@ mod tests {
             async move {
                 match n {
                     0 | 1 => Err(anyhow::anyhow!("connection refused")),
-                    2 => Ok(Next::Again),
+                    2 => Ok(Next::Again {
+                        reset_back_off: true,
+                    }),
                     _ => Ok(Next::Stop),
                 }
             }
@@ -354,6 +360,36 @@ mod tests {
             "only failures count as restarts"
         );
         assert_eq!(h.metrics.pipeline_restarts.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_back_off_carries_over_a_run_again_unless_it_is_reset() {
+        // Fail, run again, fail, stop: the second failure waits 0.8 s when the count carried
+        // over (two failures in a row), 0.4 s when the run in between reset it.
+        for (reset_back_off, waited) in [(false, 1_200), (true, 800)] {
+            let h = Health::new(100, Duration::from_secs(60));
+            let restarts = std::sync::atomic::AtomicU64::new(0);
+            let (_tx, stop) = tokio::sync::watch::channel(false);
+            let runs = std::sync::atomic::AtomicU32::new(0);
+            let started = tokio::time::Instant::now();
+            supervise(&h, Breaker::Sync, &restarts, "test", stop, |_| {
+                let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    match n {
+                        0 | 2 => Err(anyhow::anyhow!("connection refused")),
+                        1 => Ok(Next::Again { reset_back_off }),
+                        _ => Ok(Next::Stop),
+                    }
+                }
+            })
+            .await
+            .expect("supervised");
+            assert_eq!(
+                started.elapsed(),
+                Duration::from_millis(waited),
+                "reset_back_off {reset_back_off}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

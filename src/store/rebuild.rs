@@ -1,11 +1,12 @@
 //! Rebuilding every derived table from the event log (the `replay` subcommand and the one-time
-//! upgrade at start; reorgs recompute only the keys they touch, `store::reorg`), in bounded memory: inside the caller's transaction, delete
-//! every row of the nine derived tables, then fold the event log key range by key range
-//! ([`partition`]: each range's events, the base rows of its terms, the triple-level rows of its
-//! triples) and insert each range's rows as soon as it is folded, set-based ([`RowSet`]s of at
-//! most `CHUNK` rows); the pair tables (predicate_object, subject_predicate) last, from the
-//! aggregates kept across ranges. Until the transaction commits, readers keep seeing the old rows
-//! (MVCC); after it, they see f(E) for the event log E that was read.
+//! upgrade at start; reorgs recompute only the keys they touch, `store::reorg`), in bounded
+//! memory: inside the caller's transaction, delete every row of the nine derived tables, then
+//! fold the event log key range by key range ([`partition`]: each range's events, the base rows
+//! of its terms, the triple-level rows of its triples) and insert each range's rows as soon as it
+//! is folded, set-based ([`RowSet`]s of at most `CHUNK` rows); the pair tables
+//! (predicate_object, subject_predicate) last, from the aggregates kept across ranges. Until the
+//! transaction commits, readers keep seeing the old rows (MVCC); after it, they see f(E) for the
+//! event log E that was read.
 //!
 //! Memory is one range's events and rows plus the pair aggregates and the triple ids, not the
 //! whole log: the number of ranges grows with the log ([`Ranges::for_events`]).

@@ -17,7 +17,8 @@ use super::SyncStats;
 
 /// Runs the base sync until `shutdown` resolves; the batch in flight then commits (or is abandoned
 /// before its transaction) and `run` returns. A failure restarts the pipeline after a backoff
-/// (`health::supervise`, the supervisor the analytics consumer shares).
+/// (`health::supervise`, the supervisor the analytics consumer shares). The schema must be
+/// migrated before (`sync::service` does it once per process).
 pub async fn run(
     settings: SyncSettings,
     stats: Arc<SyncStats>,
@@ -35,7 +36,9 @@ pub async fn run(
                 Ok(Ended::Stopped) => Ok(Next::Stop),
                 Ok(Ended::Reorged) => {
                     tracing::info!("restarting the pipeline with an empty cache after a reorg");
-                    Ok(Next::Again)
+                    Ok(Next::Again {
+                        reset_back_off: true,
+                    })
                 }
                 Err(e) if e.downcast_ref::<RejectedBatch>().is_some() => {
                     // Not a failure of Postgres or Redis: the data. No back-off, no breaker: the
@@ -51,7 +54,9 @@ pub async fn run(
                         error = format!("{e:#}"),
                         "PostgreSQL refused rows derived from the batch; retrying its entries one by one"
                     );
-                    Ok(Next::Again)
+                    Ok(Next::Again {
+                        reset_back_off: false,
+                    })
                 }
                 Err(e) if failure::fenced(&e) => {
                     // Not a failure of Postgres or Redis: another process writes now. Standby.
@@ -59,7 +64,9 @@ pub async fn run(
                         error = format!("{e:#}"),
                         "lost the writer lease; standing by"
                     );
-                    Ok(Next::Again)
+                    Ok(Next::Again {
+                        reset_back_off: false,
+                    })
                 }
                 Err(e) => Err(e),
             }

@@ -30,12 +30,16 @@ fn non_test_code(source: &str) -> String {
 fn skip_item(text: &str) -> &str {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    // Parentheses and brackets: a `;` inside them (`[u8; 4]`) does not end the item.
+    let mut nest = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'"' => i = end_of_string(bytes, i),
             b'\'' if bytes.get(i + 2) == Some(&b'\'') => i += 2,
-            b';' if depth == 0 => return &text[i + 1..],
+            b'(' | b'[' => nest += 1,
+            b')' | b']' => nest = nest.saturating_sub(1),
+            b';' if depth == 0 && nest == 0 => return &text[i + 1..],
             b'{' => depth += 1,
             b'}' => {
                 depth -= 1;
@@ -316,6 +320,33 @@ fn the_domain_s_tests_need_no_decoder_or_fixture_generator() {
     assert!(offenders.is_empty(), "{}", offenders.join("\n"));
 }
 
+/// The first path segment of each item of a `use crate::{…}` group (`group` starts after the
+/// `{`): `a::{b, c}, d` gives `a`, `d`. Nested groups are skipped whole.
+fn group_heads(group: &str) -> Vec<&str> {
+    let mut heads = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                heads.push(&group[start..i]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                heads.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    heads
+        .into_iter()
+        .filter_map(|item| item.trim().split("::").next())
+        .filter(|head| !head.is_empty())
+        .collect()
+}
+
 /// Top-level modules each module's non-test code names (`crate::x`, `use crate::{x, …}`).
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let sources = library_sources();
@@ -335,11 +366,7 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         while let Some(at) = rest.find("crate::") {
             rest = &rest[at + "crate::".len()..];
             let named: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
-                let inner = &group[..group.find('}').unwrap_or(group.len())];
-                inner
-                    .split(',')
-                    .filter_map(|p| p.trim().split("::").next())
-                    .collect()
+                group_heads(group)
             } else {
                 vec![rest
                     .split(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -431,4 +458,11 @@ fn h() { crate::{domain::State, sync}; }
         .filter(|l| is_sql(l))
         .collect();
     assert_eq!(sql, vec!["SELECT 1"]);
+    assert_eq!(
+        group_heads("domain::{State, Keys}, sync, store::x};"),
+        vec!["domain", "sync", "store"]
+    );
+    let signature = "#[cfg(test)]\nfn f() -> [u8; 4] { [0; 4] }\nfn kept() {}";
+    assert!(non_test_code(signature).contains("fn kept()"));
+    assert!(!non_test_code(signature).contains("fn f()"));
 }

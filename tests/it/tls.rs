@@ -239,8 +239,13 @@ async fn a_postgres_certificate_that_does_not_verify_stops_the_start_with_exit_2
         env.name,
         path(&pki.ca)
     );
+    // With the HTTP endpoints on: they must not keep the failed process alive.
     let (code, stderr) = run_sync(
-        &[("DATABASE_URL", url), ("REDIS_STREAMS", env.stream.clone())],
+        &[
+            ("DATABASE_URL", url),
+            ("REDIS_STREAMS", env.stream.clone()),
+            ("HTTP_PORT", free_port().to_string()),
+        ],
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(2), "{stderr}");
