@@ -6,20 +6,9 @@ use diesel::pg::data_types::PgNumeric;
 
 use super::rows::{checksum, numeric, times};
 use super::rowset::{Column, OnConflict, RowSet};
+use super::tables::{EventTable, Stored, EVENT_TABLES, META};
 use crate::domain::{Event, EventKind, EventMeta};
 
-/// The columns every event table has, in table order.
-const META: [&str; 9] = [
-    "transaction_hash",
-    "log_index",
-    "block_number",
-    "block_hash",
-    "transaction_index",
-    "block_timestamp",
-    "address",
-    "network",
-    "chain_id",
-];
 /// Conflict target of every event table: the event identity.
 const EVENT_KEY: &[&str] = &["transaction_hash", "log_index"];
 
@@ -69,17 +58,30 @@ impl MetaColumns {
     }
 }
 
-/// Rows of one event table under construction.
-struct EventTable {
+/// Rows of one event table under construction, with the columns of its definition.
+struct TableRows {
     table: &'static str,
     meta: MetaColumns,
     params: Vec<(&'static str, Column)>,
 }
 
-impl EventTable {
-    fn new(table: &'static str, params: Vec<(&'static str, Column)>) -> Self {
+impl TableRows {
+    fn new(def: &'static EventTable) -> Self {
+        let params = def
+            .params
+            .iter()
+            .map(|p| {
+                let column = match p.stored {
+                    Stored::Text => Column::Text(Vec::new()),
+                    Stored::Numeric => Column::Numeric(Vec::new()),
+                    Stored::Bytea => Column::Bytea(Vec::new()),
+                    Stored::Jsonb => Column::Jsonb(Vec::new()),
+                };
+                (p.column, column)
+            })
+            .collect();
         Self {
-            table,
+            table: def.table,
             meta: MetaColumns::default(),
             params,
         }
@@ -112,74 +114,18 @@ fn push(c: &mut Column, v: Value) {
 
 /// Event log rows for `events` (each must be new: applied as `Applied::New`).
 pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet> {
-    let t = || Column::Text(Vec::new());
-    let n = || Column::Numeric(Vec::new());
-    let mut atom = EventTable::new(
-        "atom_created_events",
-        vec![
-            ("creator", t()),
-            ("term_id", t()),
-            ("atom_data", Column::Bytea(Vec::new())),
-            ("atom_wallet", t()),
-        ],
-    );
-    let mut triple = EventTable::new(
-        "triple_created_events",
-        vec![
-            ("creator", t()),
-            ("term_id", t()),
-            ("subject_id", t()),
-            ("predicate_id", t()),
-            ("object_id", t()),
-            ("counter_term_id", t()),
-        ],
-    );
-    let mut deposited = EventTable::new(
-        "deposited_events",
-        vec![
-            ("sender", t()),
-            ("receiver", t()),
-            ("term_id", t()),
-            ("curve_id", n()),
-            ("assets", n()),
-            ("assets_after_fees", n()),
-            ("shares", n()),
-            ("total_shares", n()),
-            ("vault_type", t()),
-        ],
-    );
-    let mut redeemed = EventTable::new(
-        "redeemed_events",
-        vec![
-            ("sender", t()),
-            ("receiver", t()),
-            ("term_id", t()),
-            ("curve_id", n()),
-            ("shares", n()),
-            ("total_shares", n()),
-            ("assets", n()),
-            ("fees", n()),
-            ("vault_type", t()),
-        ],
-    );
-    let mut price = EventTable::new(
-        "share_price_changed_events",
-        vec![
-            ("term_id", t()),
-            ("curve_id", n()),
-            ("share_price", n()),
-            ("total_assets", n()),
-            ("total_shares", n()),
-            ("vault_type", t()),
-        ],
-    );
-    let mut generic = EventTable::new(
-        "generic_events",
-        vec![("event_name", t()), ("payload", Column::Jsonb(Vec::new()))],
+    let [atom, triple, deposited, redeemed, price, generic] = &EVENT_TABLES;
+    let (mut atom, mut triple, mut deposited, mut redeemed, mut price, mut generic) = (
+        TableRows::new(atom),
+        TableRows::new(triple),
+        TableRows::new(deposited),
+        TableRows::new(redeemed),
+        TableRows::new(price),
+        TableRows::new(generic),
     );
 
     for e in events {
-        let (table, values): (&mut EventTable, Vec<Value>) = match &e.kind {
+        let (table, values): (&mut TableRows, Vec<Value>) = match &e.kind {
             EventKind::AtomCreated {
                 creator,
                 term_id,
@@ -286,13 +232,15 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             ),
         };
         table.meta.push(&e.meta);
+        // One value per column of the table's definition, in its order.
+        debug_assert_eq!(values.len(), table.params.len(), "{}", table.table);
         for ((_, col), v) in table.params.iter_mut().zip(values) {
             push(col, v);
         }
     }
     [atom, triple, deposited, redeemed, price, generic]
         .into_iter()
-        .filter_map(EventTable::into_rowset)
+        .filter_map(TableRows::into_rowset)
         .collect()
 }
 

@@ -18,6 +18,7 @@ use primitive_types::U256;
 use serde_json::Value;
 
 use super::partition::Ranges;
+use super::tables::{EventTable, MAX_READ_PARAMS};
 use super::text::{self, hex_n};
 use crate::domain::{Address, Bytes32, Event, EventKind, EventMeta, TermId, VaultType};
 
@@ -43,46 +44,43 @@ struct EventRecord {
     network: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     chain_id: Option<i64>,
-    /// The event's parameters as a JSON array of strings, in ABI order.
-    #[diesel(sql_type = Text)]
-    params: String,
+    /// The event's parameters read back, in ABI order (`store::tables`), NULL past the last.
+    #[diesel(sql_type = Nullable<Text>)]
+    p0: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p1: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p2: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p3: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p4: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p5: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p6: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p7: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    p8: Option<String>,
+}
+
+impl EventRecord {
+    /// The parameters, in ABI order.
+    fn params(&self) -> [Option<&str>; MAX_READ_PARAMS] {
+        [
+            &self.p0, &self.p1, &self.p2, &self.p3, &self.p4, &self.p5, &self.p6, &self.p7,
+            &self.p8,
+        ]
+        .map(Option::as_deref)
+    }
 }
 
 const META_SELECT: &str =
     "transaction_hash, log_index, block_number, block_hash, transaction_index, \
     extract(epoch from block_timestamp)::int8 AS block_timestamp, address, network, chain_id";
 
-/// The event log: one table per event type, primary key the event identity.
-pub const EVENT_LOG: [&str; 6] = [
-    "atom_created_events",
-    "triple_created_events",
-    "deposited_events",
-    "redeemed_events",
-    "share_price_changed_events",
-    "generic_events",
-];
-
-/// `(event table, SQL of event_name, SQL of the parameters array)`.
-const EVENT_TABLES: [(&str, &str, &str); 6] = [
-    (EVENT_LOG[0], "'AtomCreated'", "json_build_array(creator, term_id, encode(atom_data, 'hex'), atom_wallet)"),
-    (EVENT_LOG[1], "'TripleCreated'", "json_build_array(creator, term_id, subject_id, predicate_id, object_id)"),
-    (
-        EVENT_LOG[2],
-        "'Deposited'",
-        "json_build_array(sender, receiver, term_id, curve_id::text, assets::text, assets_after_fees::text, shares::text, total_shares::text, vault_type)",
-    ),
-    (
-        EVENT_LOG[3],
-        "'Redeemed'",
-        "json_build_array(sender, receiver, term_id, curve_id::text, shares::text, total_shares::text, assets::text, fees::text, vault_type)",
-    ),
-    (
-        EVENT_LOG[4],
-        "'SharePriceChanged'",
-        "json_build_array(term_id, curve_id::text, share_price::text, total_assets::text, total_shares::text, vault_type)",
-    ),
-    (EVENT_LOG[5], "event_name", "json_build_array(payload::text)"),
-];
+pub use super::tables::EVENT_LOG;
 
 /// The event tables of the derived tables' event types (all but `generic_events`).
 const CORE_EVENT_TABLES: [&str; 5] = [
@@ -259,7 +257,7 @@ pub async fn load_events_with(
 ) -> anyhow::Result<Vec<Event>> {
     let mut events = Vec::new();
     let mut networks: BTreeMap<String, Arc<str>> = BTreeMap::new();
-    for (table, _, _) in EVENT_TABLES {
+    for table in EVENT_LOG {
         let from = format!(
             "{table}{}",
             filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
@@ -289,12 +287,12 @@ async fn read_table(
     networks: &mut BTreeMap<String, Arc<str>>,
     events: &mut Vec<Event>,
 ) -> anyhow::Result<()> {
-    let (_, name, params) = EVENT_TABLES
-        .iter()
-        .find(|(t, _, _)| *t == table)
-        .ok_or_else(|| anyhow!("{table} is not an event table"))?;
-    let sql =
-        format!("SELECT {name} AS event_name, {META_SELECT}, {params}::text AS params FROM {from}");
+    let def = EventTable::named(table).ok_or_else(|| anyhow!("{table} is not an event table"))?;
+    let sql = format!(
+        "SELECT {} AS event_name, {META_SELECT}, {} FROM {from}",
+        def.name_sql(),
+        def.read_sql()
+    );
     let reading = || format!("reading the event log table {table}");
     // Row by row off the wire: only the decoded events are held, not every row's text too.
     let mut records = std::pin::pin!(diesel::sql_query(sql)
@@ -319,11 +317,12 @@ fn record_to_event(
     transaction_hash: Bytes32,
     networks: &mut BTreeMap<String, Arc<str>>,
 ) -> anyhow::Result<Event> {
-    let params: Vec<String> = serde_json::from_str(&r.params).context("parameters")?;
+    let params = r.params();
     let p = |i: usize| {
         params
             .get(i)
-            .map(String::as_str)
+            .copied()
+            .flatten()
             .ok_or_else(|| anyhow!("parameter {i} missing"))
     };
     let b32 = |i: usize| -> anyhow::Result<Bytes32> { Ok(Bytes32(hex_n::<32>(p(i)?)?)) };

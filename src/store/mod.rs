@@ -20,6 +20,7 @@ pub mod rebuild;
 pub mod reorg;
 pub mod rows;
 pub mod rowset;
+pub mod tables;
 pub mod text;
 
 use std::time::Duration;
