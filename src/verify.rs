@@ -22,12 +22,12 @@ use diesel_async::AsyncPgConnection;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use crate::domain::{Event, Tables, TermId};
+use crate::domain::Tables;
 use crate::store::compare::{
     self, canonical, diff, CanonicalTable, TableShape, ANALYTICS_TABLES, DERIVED,
 };
 use crate::store::load::{self, KeyFilter};
-use crate::store::partition::{self, pairs_by_range, Backend, Plan, Ranges};
+use crate::store::partition::{self, pairs_by_range, Plan, Ranges, Sink, Stored};
 use crate::store::rebuild::Progress;
 
 /// What `verify` found.
@@ -173,14 +173,14 @@ pub async fn verify_in(
                 ranges,
                 analytics: tallies.iter().any(|t| t.shape.is_analytics()),
             };
-            let mut comparer = Comparer {
+            let mut comparer = Stored {
                 conn,
                 filter,
                 generic,
-                tallies,
+                sink: Comparer { filter, tallies },
             };
             let folded = partition::run(&mut comparer, plan, progress).await?;
-            Ok((folded.events, comparer.tallies))
+            Ok((folded.events, comparer.sink.tallies))
         })
         .await
         .context("verifying the derived tables")?;
@@ -195,22 +195,20 @@ pub async fn verify_in(
     })
 }
 
-/// The verify [`Backend`]: reads the event log of its snapshot and compares each range's rows
-/// with the stored rows of the range.
-struct Comparer<'c> {
-    conn: &'c mut AsyncPgConnection,
+/// The verify [`Sink`]: compares each range's rows with the stored rows of the range, read in
+/// the same snapshot with the same key filter.
+struct Comparer {
     filter: KeyFilter,
-    /// Generic events in the log (counted once, in the snapshot).
-    generic: u64,
     /// One per table compared, in [`DERIVED`] order.
     tallies: Vec<Tally>,
 }
 
-impl Comparer<'_> {
+impl Comparer {
     /// Compares the rows of `rows` (the fold's, of range `range`) with the stored rows of the
     /// range, for the tables compared that are `pairs` tables or not.
     async fn compare(
         &mut self,
+        conn: &mut AsyncPgConnection,
         ranges: Ranges,
         range: usize,
         rows: &Tables,
@@ -225,43 +223,32 @@ impl Comparer<'_> {
             if is_pair != pairs {
                 continue;
             }
-            let stored =
-                compare::load_table_range(self.conn, shape, self.filter, ranges, range).await?;
+            let stored = compare::load_table_range(conn, shape, self.filter, ranges, range).await?;
             tally.add(expected, &stored);
         }
         Ok(())
     }
 }
 
-impl Backend for Comparer<'_> {
-    async fn triple_ids(&mut self) -> anyhow::Result<Vec<TermId>> {
-        load::load_triple_ids(self.conn).await
-    }
-
-    async fn other_events(&mut self) -> anyhow::Result<usize> {
-        usize::try_from(self.generic).context("counting generic events")
-    }
-
-    async fn range_events(&mut self, ranges: Ranges, range: usize) -> anyhow::Result<Vec<Event>> {
-        load::load_range_events(self.conn, self.filter, ranges, range).await
-    }
-
-    async fn vault_events(&mut self, terms: &[TermId]) -> anyhow::Result<Vec<Event>> {
-        load::load_vault_events(self.conn, terms).await
-    }
-
+impl Sink for Comparer {
     async fn range_rows(
         &mut self,
+        conn: &mut AsyncPgConnection,
         ranges: Ranges,
         range: usize,
         rows: Tables,
     ) -> anyhow::Result<()> {
-        self.compare(ranges, range, &rows, false).await
+        self.compare(conn, ranges, range, &rows, false).await
     }
 
-    async fn pair_rows(&mut self, ranges: Ranges, rows: Tables) -> anyhow::Result<()> {
+    async fn pair_rows(
+        &mut self,
+        conn: &mut AsyncPgConnection,
+        ranges: Ranges,
+        rows: Tables,
+    ) -> anyhow::Result<()> {
         for (range, piece) in pairs_by_range(ranges, rows).into_iter().enumerate() {
-            self.compare(ranges, range, &piece, true).await?;
+            self.compare(conn, ranges, range, &piece, true).await?;
         }
         Ok(())
     }

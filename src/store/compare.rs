@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::load::KeyFilter;
 use super::partition::Ranges;
-use crate::domain::rows::Tables;
+use crate::domain::rows::{PairRow, Tables};
 use crate::domain::Address;
 
 /// A derived table: its name, the number of key columns, and the SELECT expressions of its
@@ -268,9 +268,7 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
     fn n(v: i64) -> Value {
         Value::from(v)
     }
-    fn t(v: Option<i64>) -> Value {
-        v.map_or(Value::Null, Value::from)
-    }
+    /// An optional number (a time in Unix seconds, an order's block or log index), or null.
     fn on(v: Option<i64>) -> Value {
         v.map_or(Value::Null, Value::from)
     }
@@ -282,6 +280,17 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
             .collect()
     }
     let a = |addr: &Address| Value::String(addr.to_checksum());
+    // predicate_object and subject_predicate rows have the same shape.
+    let pair = |r: &PairRow| {
+        vec![
+            s(r.key.0),
+            s(r.key.1),
+            n(r.triple_count),
+            n(r.total_position_count),
+            s(r.total_market_cap),
+            s(r.total_market_cap_sum),
+        ]
+    };
     vec![
         keyed(
             &DERIVED[0],
@@ -295,7 +304,7 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     n(r.block_number),
                     n(r.log_index),
                     s(r.transaction_hash),
-                    t(r.created_at),
+                    on(r.created_at),
                 ]
             }),
         ),
@@ -312,7 +321,7 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     n(r.block_number),
                     n(r.log_index),
                     s(r.transaction_hash),
-                    t(r.created_at),
+                    on(r.created_at),
                 ]
             }),
         ),
@@ -326,8 +335,8 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                     s(r.shares),
                     s(r.total_deposit_assets_after_total_fees),
                     s(r.total_redeem_assets_for_receiver),
-                    t(r.created_at),
-                    t(r.updated_at),
+                    on(r.created_at),
+                    on(r.updated_at),
                     n(r.first_at.block_number),
                     n(r.first_at.log_index),
                     s(r.first_at.transaction_hash),
@@ -400,32 +409,8 @@ pub fn canonical(tables: &Tables) -> Vec<CanonicalTable> {
                 ]
             }),
         ),
-        keyed(
-            &DERIVED[7],
-            tables.predicate_object.values().map(|r| {
-                vec![
-                    s(r.key.0),
-                    s(r.key.1),
-                    n(r.triple_count),
-                    n(r.total_position_count),
-                    s(r.total_market_cap),
-                    s(r.total_market_cap_sum),
-                ]
-            }),
-        ),
-        keyed(
-            &DERIVED[8],
-            tables.subject_predicate.values().map(|r| {
-                vec![
-                    s(r.key.0),
-                    s(r.key.1),
-                    n(r.triple_count),
-                    n(r.total_position_count),
-                    s(r.total_market_cap),
-                    s(r.total_market_cap_sum),
-                ]
-            }),
-        ),
+        keyed(&DERIVED[7], tables.predicate_object.values().map(pair)),
+        keyed(&DERIVED[8], tables.subject_predicate.values().map(pair)),
     ]
 }
 

@@ -36,9 +36,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+use diesel_async::AsyncPgConnection;
 use primitive_types::U256;
 
+use super::load::{self, KeyFilter};
 use super::rebuild::{cpu_bound, Progress, Step};
 use crate::domain::analytics::{self, PairAggregate, VaultFigures};
 use crate::domain::rows::{PairKey, TripleRow, VaultKey, VaultRow};
@@ -176,6 +178,77 @@ pub trait Backend: Send {
         ranges: Ranges,
         rows: Tables,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// What `replay` (insert) or `verify` (compare) does with the rows the engine folded, on the
+/// connection of the transaction the event log is read in.
+pub trait Sink: Send {
+    /// See [`Backend::range_rows`].
+    fn range_rows(
+        &mut self,
+        conn: &mut AsyncPgConnection,
+        ranges: Ranges,
+        range: usize,
+        rows: Tables,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// See [`Backend::pair_rows`].
+    fn pair_rows(
+        &mut self,
+        conn: &mut AsyncPgConnection,
+        ranges: Ranges,
+        rows: Tables,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The [`Backend`] over a PostgreSQL transaction: reads its event log (`store::load`, by key
+/// range with `filter`) and hands the rows to `sink`.
+pub struct Stored<'c, S> {
+    pub conn: &'c mut AsyncPgConnection,
+    pub filter: KeyFilter,
+    /// Generic events in the log (counted once, in the transaction).
+    pub generic: u64,
+    pub sink: S,
+}
+
+impl<S> std::fmt::Debug for Stored<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("filter", &self.filter)
+            .field("generic", &self.generic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sink> Backend for Stored<'_, S> {
+    async fn triple_ids(&mut self) -> anyhow::Result<Vec<TermId>> {
+        load::load_triple_ids(self.conn).await
+    }
+
+    async fn other_events(&mut self) -> anyhow::Result<usize> {
+        usize::try_from(self.generic).context("counting generic events")
+    }
+
+    async fn range_events(&mut self, ranges: Ranges, range: usize) -> anyhow::Result<Vec<Event>> {
+        load::load_range_events(self.conn, self.filter, ranges, range).await
+    }
+
+    async fn vault_events(&mut self, terms: &[TermId]) -> anyhow::Result<Vec<Event>> {
+        load::load_vault_events(self.conn, terms).await
+    }
+
+    async fn range_rows(
+        &mut self,
+        ranges: Ranges,
+        range: usize,
+        rows: Tables,
+    ) -> anyhow::Result<()> {
+        self.sink.range_rows(self.conn, ranges, range, rows).await
+    }
+
+    async fn pair_rows(&mut self, ranges: Ranges, rows: Tables) -> anyhow::Result<()> {
+        self.sink.pair_rows(self.conn, ranges, rows).await
+    }
 }
 
 /// What to fold.

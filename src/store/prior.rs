@@ -154,19 +154,23 @@ pub async fn load_identities(
          CROSS JOIN LATERAL ({}) s",
         probes.join(" UNION ALL ")
     );
-    let asked: std::collections::HashSet<(String, i64)> = identities
-        .iter()
-        .map(|(h, l)| (h.to_string(), *l))
-        .collect();
     let found: Vec<IdentityRecord> = diesel::sql_query(sql)
         .bind::<Array<Text>, _>(hashes)
         .load(conn)
         .await
         .context("looking up the batch's identities in the event log")?;
-    let found: Vec<IdentityRecord> = found
-        .into_iter()
-        .filter(|r| asked.contains(&(r.transaction_hash.clone(), r.log_index)))
-        .collect();
+    if found.is_empty() {
+        // The usual case (nothing redelivered): no set of the batch's identities is built.
+        return Ok(Vec::new());
+    }
+    let asked: std::collections::HashSet<&(TxHash, i64)> = identities.iter().collect();
+    let mut kept = Vec::with_capacity(found.len());
+    for r in found {
+        if asked.contains(&(b32(&r.transaction_hash)?, r.log_index)) {
+            kept.push(r);
+        }
+    }
+    let found = kept;
     if found.is_empty() {
         return Ok(Vec::new());
     }

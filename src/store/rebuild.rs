@@ -20,10 +20,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::compare::DERIVED;
 use super::load::{self, KeyFilter, EVENT_LOG};
-use super::partition::{self, Backend, Plan, Ranges};
+use super::partition::{self, Plan, Ranges, Sink, Stored};
 use super::rows;
 use super::rowset::{OnConflict, RowSet};
-use crate::domain::{Event, Tables, TermId};
+use crate::domain::Tables;
 
 /// Rows per INSERT statement: one array parameter per column, kept far below Postgres's 1 GB
 /// limit on a single value.
@@ -96,10 +96,11 @@ pub async fn rebuild_in(
     let ranges = ranges.unwrap_or(Ranges::for_events(core));
     empty_derived_tables(conn).await?;
     let filter = KeyFilter::probe(conn).await?;
-    let mut writer = Writer {
+    let mut writer = Stored {
         conn,
         filter,
         generic,
+        sink: Inserter,
     };
     let plan = Plan {
         ranges,
@@ -180,38 +181,28 @@ async fn empty_derived_tables(conn: &mut AsyncPgConnection) -> anyhow::Result<()
     Ok(())
 }
 
-/// The rebuild's [`Backend`]: reads the event log of its transaction, inserts each range's rows
-/// into the emptied tables.
-struct Writer<'c> {
-    conn: &'c mut AsyncPgConnection,
-    filter: KeyFilter,
-    /// Generic events in the log (counted once, under the locks).
-    generic: u64,
-}
+/// The rebuild's [`Sink`]: inserts each range's rows, then the pair rows, into the emptied
+/// tables.
+struct Inserter;
 
-impl Backend for Writer<'_> {
-    async fn triple_ids(&mut self) -> anyhow::Result<Vec<TermId>> {
-        load::load_triple_ids(self.conn).await
+impl Sink for Inserter {
+    async fn range_rows(
+        &mut self,
+        conn: &mut AsyncPgConnection,
+        _: Ranges,
+        _: usize,
+        rows: Tables,
+    ) -> anyhow::Result<()> {
+        write_tables(conn, rows).await
     }
 
-    async fn other_events(&mut self) -> anyhow::Result<usize> {
-        usize::try_from(self.generic).context("counting generic events")
-    }
-
-    async fn range_events(&mut self, ranges: Ranges, range: usize) -> anyhow::Result<Vec<Event>> {
-        load::load_range_events(self.conn, self.filter, ranges, range).await
-    }
-
-    async fn vault_events(&mut self, terms: &[TermId]) -> anyhow::Result<Vec<Event>> {
-        load::load_vault_events(self.conn, terms).await
-    }
-
-    async fn range_rows(&mut self, _: Ranges, _: usize, rows: Tables) -> anyhow::Result<()> {
-        write_tables(self.conn, rows).await
-    }
-
-    async fn pair_rows(&mut self, _: Ranges, rows: Tables) -> anyhow::Result<()> {
-        write_tables(self.conn, rows).await
+    async fn pair_rows(
+        &mut self,
+        conn: &mut AsyncPgConnection,
+        _: Ranges,
+        rows: Tables,
+    ) -> anyhow::Result<()> {
+        write_tables(conn, rows).await
     }
 }
 
