@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::domain::Tables;
 use crate::store::compare::{
-    self, canonical, diff, CanonicalTable, TableShape, ANALYTICS_TABLES, DERIVED,
+    self, canonical, diff, CanonicalTable, Shape, ANALYTICS_TABLES, DERIVED, DERIVED_NAMES,
 };
 use crate::store::load::{self, KeyFilter};
 use crate::store::partition::{self, pairs_by_range, Plan, Ranges, Sink, Stored};
@@ -124,12 +124,12 @@ fn show(v: &Value) -> String {
 }
 
 /// The derived table named `name`.
-fn shape(name: &str) -> anyhow::Result<&'static TableShape> {
-    match DERIVED.iter().find(|s| s.name == name) {
+fn shape(name: &str) -> anyhow::Result<&'static dyn Shape> {
+    match compare::shape(name) {
         Some(s) => Ok(s),
         None => bail!(
             "unknown table {name:?}; the derived tables are {}",
-            DERIVED.map(|s| s.name).join(", ")
+            DERIVED_NAMES.join(", ")
         ),
     }
 }
@@ -158,8 +158,8 @@ pub async fn verify_in(
     }
     let tallies: Vec<Tally> = DERIVED
         .iter()
-        .filter(|s| only.is_empty() || only.contains(&s.name))
-        .map(|s| Tally::new(s, examples))
+        .filter(|s| only.is_empty() || only.contains(&s.name()))
+        .map(|s| Tally::new(*s, examples))
         .collect();
     let (events, tallies) = conn
         .build_transaction()
@@ -216,14 +216,19 @@ impl Comparer {
     ) -> anyhow::Result<()> {
         let want = canonical(rows);
         for (shape, expected) in DERIVED.iter().zip(&want) {
-            let is_pair = matches!(shape.name, "predicate_object" | "subject_predicate");
-            let Some(tally) = self.tallies.iter_mut().find(|t| t.shape.name == shape.name) else {
+            let is_pair = matches!(shape.name(), "predicate_object" | "subject_predicate");
+            let Some(tally) = self
+                .tallies
+                .iter_mut()
+                .find(|t| t.shape.name() == shape.name())
+            else {
                 continue;
             };
             if is_pair != pairs {
                 continue;
             }
-            let stored = compare::load_table_range(conn, shape, self.filter, ranges, range).await?;
+            let stored =
+                compare::load_table_range(conn, *shape, self.filter, ranges, range).await?;
             tally.add(expected, &stored);
         }
         Ok(())
@@ -258,7 +263,7 @@ impl Sink for Comparer {
 /// `examples` keys of each kind (range order, then key order within a range).
 #[derive(Debug)]
 pub struct Tally {
-    shape: &'static TableShape,
+    shape: &'static dyn Shape,
     examples: usize,
     /// Rows of the fold and of the table.
     expected: usize,
@@ -273,7 +278,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(shape: &'static TableShape, examples: usize) -> Self {
+    pub fn new(shape: &'static dyn Shape, examples: usize) -> Self {
         Self {
             shape,
             examples,
@@ -290,7 +295,7 @@ impl Tally {
 
     /// Adds the comparison of one key range: the fold's rows and the stored rows of the range.
     pub fn add(&mut self, expected: &CanonicalTable, stored: &CanonicalTable) {
-        let d = diff(self.shape.name, expected, stored);
+        let d = diff(self.shape.name(), expected, stored);
         self.expected += expected.len();
         self.stored += stored.len();
         self.missing += d.missing.len();
@@ -308,22 +313,22 @@ impl Tally {
     /// The table's report.
     fn report(&self) -> anyhow::Result<TableReport> {
         let shape = self.shape;
-        let columns = shape.columns();
+        let columns: Vec<&'static str> = shape.columns().into_iter().map(|(c, _)| c).collect();
         let key_of = |row: &[Value]| {
-            Key(columns
+            Key(shape
+                .key()
                 .iter()
                 .copied()
                 .zip(row.iter().cloned())
-                .take(shape.key_len)
                 .collect())
         };
         let parse_key = |text: &String| -> anyhow::Result<Key> {
             let values: Vec<Value> = serde_json::from_str(text)
-                .with_context(|| format!("a key of table {}", shape.name))?;
+                .with_context(|| format!("a key of table {}", shape.name()))?;
             Ok(key_of(&values))
         };
         Ok(TableReport {
-            table: shape.name,
+            table: shape.name(),
             analytics: shape.is_analytics(),
             checked: self.expected.max(self.stored),
             missing: self.missing,

@@ -8,7 +8,7 @@ use clap::builder::PossibleValuesParser;
 use clap::Args;
 
 use redis_postgres_sync::config::DatabaseArgs;
-use redis_postgres_sync::store::{self, compare::DERIVED};
+use redis_postgres_sync::store::{self, compare::DERIVED_NAMES};
 use redis_postgres_sync::verify::verify_in;
 
 use super::replay::{RangesArg, StepBar};
@@ -18,7 +18,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Only these tables, comma-separated [default: all nine].
-    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(DERIVED.map(|s| s.name)))]
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(DERIVED_NAMES))]
     pub tables: Vec<String>,
     /// Print the report as JSON on stdout (same exit status).
     #[arg(long)]

@@ -1,6 +1,10 @@
 //! Domain events → the column-wise [`RowSet`]s of the event log: one row set per event table
-//! for a batch's new events (written `ON CONFLICT DO NOTHING`: the fold admits only identities
-//! the event log does not hold).
+//! for a batch's new events, written as plain `INSERT`s. The fold admits only identities the event
+//! log does not hold (the identity probe, `store::prior::load_identities`, plus the identities in
+//! flight), so a conflict would be a bug of that probe: it fails the batch, which the writer then
+//! quarantines and folds entry by entry against the committed log, instead of being skipped
+//! while the derived rows count the event a second time. Leaving out `ON CONFLICT` also spares
+//! every row a second descent of the primary key (the speculative-insertion check).
 
 use diesel::pg::data_types::PgNumeric;
 
@@ -9,7 +13,7 @@ use super::rowset::{Column, OnConflict, RowSet};
 use super::tables::{EventTable, Stored, EVENT_TABLES, META};
 use crate::domain::{Event, EventKind, EventMeta};
 
-/// Conflict target of every event table: the event identity.
+/// Primary key of every event table: the event identity.
 const EVENT_KEY: &[&str] = &["transaction_hash", "log_index"];
 
 #[derive(Default)]
@@ -97,7 +101,7 @@ impl TableRows {
             table: self.table,
             key: EVENT_KEY,
             columns,
-            on_conflict: OnConflict::Ignore,
+            on_conflict: OnConflict::Fail,
         })
     }
 }
@@ -125,7 +129,8 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
     );
 
     for e in events {
-        let (table, values): (&mut TableRows, Vec<Value>) = match &e.kind {
+        // Each value names its column: a value out of place fails at once, in every build.
+        let (table, values): (&mut TableRows, Vec<(&str, Value)>) = match &e.kind {
             EventKind::AtomCreated {
                 creator,
                 term_id,
@@ -134,10 +139,10 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut atom,
                 vec![
-                    Value::T(checksum(creator)),
-                    Value::T(term_id.to_string()),
-                    Value::B(atom_data.clone()),
-                    Value::T(checksum(atom_wallet)),
+                    ("creator", Value::T(checksum(creator))),
+                    ("term_id", Value::T(term_id.to_string())),
+                    ("atom_data", Value::B(atom_data.clone())),
+                    ("atom_wallet", Value::T(checksum(atom_wallet))),
                 ],
             ),
             EventKind::TripleCreated {
@@ -149,12 +154,15 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut triple,
                 vec![
-                    Value::T(checksum(creator)),
-                    Value::T(term_id.to_string()),
-                    Value::T(subject_id.to_string()),
-                    Value::T(predicate_id.to_string()),
-                    Value::T(object_id.to_string()),
-                    Value::T(crate::domain::types::counter_term_id(term_id).to_string()),
+                    ("creator", Value::T(checksum(creator))),
+                    ("term_id", Value::T(term_id.to_string())),
+                    ("subject_id", Value::T(subject_id.to_string())),
+                    ("predicate_id", Value::T(predicate_id.to_string())),
+                    ("object_id", Value::T(object_id.to_string())),
+                    (
+                        "counter_term_id",
+                        Value::T(crate::domain::types::counter_term_id(term_id).to_string()),
+                    ),
                 ],
             ),
             EventKind::Deposited {
@@ -170,15 +178,15 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut deposited,
                 vec![
-                    Value::T(checksum(sender)),
-                    Value::T(checksum(receiver)),
-                    Value::T(term_id.to_string()),
-                    Value::N(numeric(curve_id)),
-                    Value::N(numeric(assets)),
-                    Value::N(numeric(assets_after_fees)),
-                    Value::N(numeric(shares)),
-                    Value::N(numeric(total_shares)),
-                    Value::T(vault_type.as_str().to_owned()),
+                    ("sender", Value::T(checksum(sender))),
+                    ("receiver", Value::T(checksum(receiver))),
+                    ("term_id", Value::T(term_id.to_string())),
+                    ("curve_id", Value::N(numeric(curve_id))),
+                    ("assets", Value::N(numeric(assets))),
+                    ("assets_after_fees", Value::N(numeric(assets_after_fees))),
+                    ("shares", Value::N(numeric(shares))),
+                    ("total_shares", Value::N(numeric(total_shares))),
+                    ("vault_type", Value::T(vault_type.as_str().to_owned())),
                 ],
             ),
             EventKind::Redeemed {
@@ -194,15 +202,15 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut redeemed,
                 vec![
-                    Value::T(checksum(sender)),
-                    Value::T(checksum(receiver)),
-                    Value::T(term_id.to_string()),
-                    Value::N(numeric(curve_id)),
-                    Value::N(numeric(shares)),
-                    Value::N(numeric(total_shares)),
-                    Value::N(numeric(assets)),
-                    Value::N(numeric(fees)),
-                    Value::T(vault_type.as_str().to_owned()),
+                    ("sender", Value::T(checksum(sender))),
+                    ("receiver", Value::T(checksum(receiver))),
+                    ("term_id", Value::T(term_id.to_string())),
+                    ("curve_id", Value::N(numeric(curve_id))),
+                    ("shares", Value::N(numeric(shares))),
+                    ("total_shares", Value::N(numeric(total_shares))),
+                    ("assets", Value::N(numeric(assets))),
+                    ("fees", Value::N(numeric(fees))),
+                    ("vault_type", Value::T(vault_type.as_str().to_owned())),
                 ],
             ),
             EventKind::SharePriceChanged {
@@ -215,12 +223,12 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             } => (
                 &mut price,
                 vec![
-                    Value::T(term_id.to_string()),
-                    Value::N(numeric(curve_id)),
-                    Value::N(numeric(share_price)),
-                    Value::N(numeric(total_assets)),
-                    Value::N(numeric(total_shares)),
-                    Value::T(vault_type.as_str().to_owned()),
+                    ("term_id", Value::T(term_id.to_string())),
+                    ("curve_id", Value::N(numeric(curve_id))),
+                    ("share_price", Value::N(numeric(share_price))),
+                    ("total_assets", Value::N(numeric(total_assets))),
+                    ("total_shares", Value::N(numeric(total_shares))),
+                    ("vault_type", Value::T(vault_type.as_str().to_owned())),
                 ],
             ),
             EventKind::Generic {
@@ -228,13 +236,17 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
                 payload,
             } => (
                 &mut generic,
-                vec![Value::T(event_name.clone()), Value::T(payload.clone())],
+                vec![
+                    ("event_name", Value::T(event_name.clone())),
+                    ("payload", Value::T(payload.clone())),
+                ],
             ),
         };
         table.meta.push(&e.meta);
         // One value per column of the table's definition, in its order.
-        debug_assert_eq!(values.len(), table.params.len(), "{}", table.table);
-        for ((_, col), v) in table.params.iter_mut().zip(values) {
+        assert_eq!(values.len(), table.params.len(), "{}", table.table);
+        for ((column, col), (name, v)) in table.params.iter_mut().zip(values) {
+            assert_eq!(*column, name, "{}: a value out of place", table.table);
             push(col, v);
         }
     }

@@ -317,69 +317,70 @@ fn record_to_event(
     transaction_hash: Bytes32,
     networks: &mut BTreeMap<String, Arc<str>>,
 ) -> anyhow::Result<Event> {
+    // Parameters by column name, as the table's definition places them in `p0`, `p1`, ….
+    let table = EventTable::of_event(&r.event_name);
     let params = r.params();
-    let p = |i: usize| {
-        params
-            .get(i)
-            .copied()
-            .flatten()
-            .ok_or_else(|| anyhow!("parameter {i} missing"))
+    let p = |column: &'static str| -> anyhow::Result<&str> {
+        table
+            .read_position(column)
+            .and_then(|i| params.get(i).copied().flatten())
+            .ok_or_else(|| anyhow!("{}: column {column} missing", table.table))
     };
-    let b32 = |i: usize| -> anyhow::Result<Bytes32> { Ok(Bytes32(hex_n::<32>(p(i)?)?)) };
-    let addr = |i: usize| -> anyhow::Result<Address> { Ok(Address(hex_n::<20>(p(i)?)?)) };
-    let num = |i: usize| -> anyhow::Result<U256> {
-        U256::from_dec_str(p(i)?).map_err(|e| anyhow!("parameter {i}: {e:?}"))
+    let b32 = |c| -> anyhow::Result<Bytes32> { Ok(Bytes32(hex_n::<32>(p(c)?)?)) };
+    let addr = |c| -> anyhow::Result<Address> { Ok(Address(hex_n::<20>(p(c)?)?)) };
+    let num = |c| -> anyhow::Result<U256> {
+        U256::from_dec_str(p(c)?).map_err(|e| anyhow!("{}.{c}: {e:?}", table.table))
     };
-    let vt = |i: usize| -> anyhow::Result<VaultType> { text::vault_type(p(i)?) };
+    let vt = |c| -> anyhow::Result<VaultType> { text::vault_type(p(c)?) };
     let kind = match r.event_name.as_str() {
         "AtomCreated" => EventKind::AtomCreated {
-            creator: addr(0)?,
-            term_id: b32(1)?,
-            atom_data: hex::decode(p(2)?).context("atom_data")?,
-            atom_wallet: addr(3)?,
+            creator: addr("creator")?,
+            term_id: b32("term_id")?,
+            atom_data: hex::decode(p("atom_data")?).context("atom_data")?,
+            atom_wallet: addr("atom_wallet")?,
         },
         "TripleCreated" => EventKind::TripleCreated {
-            creator: addr(0)?,
-            term_id: b32(1)?,
-            subject_id: b32(2)?,
-            predicate_id: b32(3)?,
-            object_id: b32(4)?,
+            creator: addr("creator")?,
+            term_id: b32("term_id")?,
+            subject_id: b32("subject_id")?,
+            predicate_id: b32("predicate_id")?,
+            object_id: b32("object_id")?,
         },
         "Deposited" => EventKind::Deposited {
-            sender: addr(0)?,
-            receiver: addr(1)?,
-            term_id: b32(2)?,
-            curve_id: num(3)?,
-            assets: num(4)?,
-            assets_after_fees: num(5)?,
-            shares: num(6)?,
-            total_shares: num(7)?,
-            vault_type: vt(8)?,
+            sender: addr("sender")?,
+            receiver: addr("receiver")?,
+            term_id: b32("term_id")?,
+            curve_id: num("curve_id")?,
+            assets: num("assets")?,
+            assets_after_fees: num("assets_after_fees")?,
+            shares: num("shares")?,
+            total_shares: num("total_shares")?,
+            vault_type: vt("vault_type")?,
         },
         "Redeemed" => EventKind::Redeemed {
-            sender: addr(0)?,
-            receiver: addr(1)?,
-            term_id: b32(2)?,
-            curve_id: num(3)?,
-            shares: num(4)?,
-            total_shares: num(5)?,
-            assets: num(6)?,
-            fees: num(7)?,
-            vault_type: vt(8)?,
+            sender: addr("sender")?,
+            receiver: addr("receiver")?,
+            term_id: b32("term_id")?,
+            curve_id: num("curve_id")?,
+            shares: num("shares")?,
+            total_shares: num("total_shares")?,
+            assets: num("assets")?,
+            fees: num("fees")?,
+            vault_type: vt("vault_type")?,
         },
         "SharePriceChanged" => EventKind::SharePriceChanged {
-            term_id: b32(0)?,
-            curve_id: num(1)?,
-            share_price: num(2)?,
-            total_assets: num(3)?,
-            total_shares: num(4)?,
-            vault_type: vt(5)?,
+            term_id: b32("term_id")?,
+            curve_id: num("curve_id")?,
+            share_price: num("share_price")?,
+            total_assets: num("total_assets")?,
+            total_shares: num("total_shares")?,
+            vault_type: vt("vault_type")?,
         },
         other => EventKind::Generic {
             event_name: other.to_owned(),
             // The text the decoder made of it (JSONB reorders keys and rewrites numbers).
             payload: crate::ingest::json::canonical(
-                &serde_json::from_str::<Value>(p(0)?).context("payload")?,
+                &serde_json::from_str::<Value>(p("payload")?).context("payload")?,
             )
             .context("payload")?,
         },

@@ -11,6 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::{SinkExt, TryStreamExt};
 
 use super::load::EVENT_LOG;
+use super::tables::derived::DERIVED_NAMES;
 
 /// [`unpublished_batches`] of the database at `database_url`.
 pub async fn outbox_len(database_url: &str) -> anyhow::Result<i64> {
@@ -22,17 +23,7 @@ pub async fn outbox_len(database_url: &str) -> anyhow::Result<i64> {
 pub async fn row_counts(database_url: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let client = pg_client(database_url).await?;
     let mut out = Vec::new();
-    for t in EVENT_LOG.iter().chain(&[
-        "atom",
-        "triple",
-        "position",
-        "vault",
-        "term",
-        "triple_vault",
-        "triple_term",
-        "predicate_object",
-        "subject_predicate",
-    ]) {
+    for t in EVENT_LOG.iter().chain(&DERIVED_NAMES) {
         let n: i64 = client
             .query_one(&format!("SELECT count(*) FROM {t}"), &[])
             .await?

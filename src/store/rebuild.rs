@@ -18,11 +18,11 @@
 use anyhow::Context;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::compare::DERIVED;
 use super::load::{self, KeyFilter, EVENT_LOG};
 use super::partition::{self, Plan, Ranges, Sink, Stored};
 use super::rows;
 use super::rowset::{OnConflict, RowSet};
+use super::tables::derived::DERIVED_NAMES;
 use crate::domain::Tables;
 
 /// Rows per INSERT statement: one array parameter per column, kept far below Postgres's 1 GB
@@ -172,11 +172,11 @@ pub(crate) fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
 /// Deletes every row of the nine derived tables. DELETE, not TRUNCATE: TRUNCATE would lock
 /// readers out until commit.
 async fn empty_derived_tables(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
-    for shape in &DERIVED {
-        diesel::sql_query(format!("DELETE FROM {}", shape.name))
+    for table in DERIVED_NAMES {
+        diesel::sql_query(format!("DELETE FROM {table}"))
             .execute(conn)
             .await
-            .with_context(|| format!("emptying table {}", shape.name))?;
+            .with_context(|| format!("emptying table {table}"))?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //!
 //! ```sql
 //! INSERT INTO t (a, b, …) SELECT u.a, u.b::numeric, … FROM UNNEST($1::text[], $2::text[], …) AS u(a, b, …)
-//! ON CONFLICT (key) DO UPDATE SET b = EXCLUDED.b, …     -- or DO NOTHING
+//! ON CONFLICT (key) DO UPDATE SET b = EXCLUDED.b, …     -- or no ON CONFLICT
 //! ```
 //!
 //! One bind parameter per column, so Postgres's 65,535-parameter limit never applies. uint256
@@ -144,13 +144,10 @@ pub fn pg_timestamp(unix_seconds: i64) -> PgTimestamp {
 /// What to do when a row's key already exists.
 #[derive(Debug, Clone, Copy)]
 pub enum OnConflict {
-    /// No conflict is possible: a conflict is an error that fails the transaction. A rebuild
-    /// writes this way, into tables it has just emptied. (The event log is written with
-    /// `Ignore`: the fold admits only identities not yet committed, and the lease fences a
-    /// second writer.)
+    /// No conflict is possible: a conflict is an error that fails the transaction. The event log
+    /// is written this way (the fold admits only identities not yet committed, and the lease
+    /// fences a second writer), and so is a rebuild, into tables it has just emptied.
     Fail,
-    /// Keep the stored row.
-    Ignore,
     /// Replace every non-key column (derived rows: the new value is the truth).
     Update,
 }
@@ -193,7 +190,6 @@ impl RowSet {
         }
         let conflict = match self.on_conflict {
             OnConflict::Fail => String::new(),
-            OnConflict::Ignore => format!("ON CONFLICT ({}) DO NOTHING", self.key.join(", ")),
             OnConflict::Update => {
                 let sets: Vec<String> = names
                     .iter()

@@ -325,7 +325,7 @@ async fn verify_binary_exits_1_on_drift_and_0_once_replayed() {
 async fn all_rows(env: &TestEnv) -> Vec<compare::CanonicalTable> {
     let mut conn = env.pg().await;
     let mut out = Vec::new();
-    for shape in &DERIVED {
+    for shape in DERIVED {
         out.push(
             compare::load_table(&mut conn, shape)
                 .await
@@ -461,7 +461,7 @@ async fn key_range_reads_are_index_range_scans() {
         .expect("set");
     let ranges = Ranges::new(16).expect("16");
     let mut reads: Vec<(&str, &str)> = EVENT_LOG[..5].iter().map(|t| (*t, "term_id")).collect();
-    reads.extend(DERIVED.iter().map(|s| (s.name, s.range_column)));
+    reads.extend(DERIVED.iter().map(|s| (s.name(), s.range_column())));
     for (table, column) in reads {
         for range in [0, 7, 15] {
             let sql = format!(

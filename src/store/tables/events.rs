@@ -1,8 +1,8 @@
-//! One definition of the event log: every event table with the event it holds and its
-//! parameter columns in ABI order, each with how it is stored. `event_rows` writes the tables
-//! from it and `load` reads them back from it, so the two sides cannot disagree on a column's
-//! name, place or kind; `tests/it/columns.rs` checks it against the migrated schema and
-//! round-trips every kind of event through it.
+//! The event log: every event table with the event it holds and its parameter columns in ABI
+//! order, each with how it is stored. `event_rows` writes the tables from it and `load` reads
+//! them back from it, by column name, so the two sides cannot disagree on a column's name,
+//! place or kind; `tests/it/columns.rs` checks it against the migrated schema and round-trips
+//! every kind of event through it.
 
 /// How a parameter column is stored, which is also how it travels and is read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +169,15 @@ impl EventTable {
         EVENT_TABLES.iter().find(|t| t.table == table)
     }
 
+    /// Where the parameter `column` is read back: its place among the `p0`, `p1`, … columns of
+    /// [`read_sql`](Self::read_sql). `None` for a column not read back or not of the table.
+    pub fn read_position(&self, column: &str) -> Option<usize> {
+        self.params
+            .iter()
+            .filter(|p| p.read)
+            .position(|p| p.column == column)
+    }
+
     /// SQL of the event's name: a literal, or the generic table's `event_name` column.
     pub fn name_sql(&self) -> String {
         match self.event {
@@ -226,5 +235,13 @@ mod tests {
             EventTable::named("redeemed_events").map(|t| t.event),
             Some(Some("Redeemed"))
         );
+        let triple = EventTable::of_event("TripleCreated");
+        assert_eq!(triple.read_position("subject_id"), Some(2));
+        assert_eq!(
+            triple.read_position("counter_term_id"),
+            None,
+            "derived, not read"
+        );
+        assert_eq!(EVENT_TABLES[5].read_position("payload"), Some(0));
     }
 }
