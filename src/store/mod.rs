@@ -33,6 +33,7 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use crate::domain::rows::TripleRow;
 use crate::domain::Event;
 use dead_letters::DeadLetter;
 use rowset::RowSet;
@@ -153,6 +154,11 @@ pub struct BatchWrite {
     pub progress: Vec<StreamProgress>,
     /// Term ids to publish after commit (written to the outbox in the same transaction).
     pub term_updates: Vec<String>,
+    /// Triples whose row now names another subject, predicate or object, `(stored row, new
+    /// row)`: taken out of the pair rows of their stored ids in the same transaction
+    /// (`reorg::withdraw_triples`, as a reorg does), so the analytics consumer counts them into
+    /// the new pairs only.
+    pub moved_triples: Vec<(TripleRow, TripleRow)>,
 }
 
 /// What a committed batch wrote.
@@ -182,6 +188,7 @@ pub async fn commit(
         lease::fence(conn, lease).await?;
         let started = std::time::Instant::now();
         write_pipelined(conn, batch.rows.iter().chain(&batch.generic_rows)).await?;
+        withdraw_moved_triples(conn, batch).await?;
         tracing::trace!(
             tables = batch.rows.len() + batch.generic_rows.len(),
             micros = started.elapsed().as_micros() as u64,
@@ -207,6 +214,7 @@ pub async fn commit_isolating(
     conn.transaction(async |conn| {
         lease::fence(conn, lease).await?;
         write_pipelined(conn, batch.rows.iter()).await?;
+        withdraw_moved_triples(conn, batch).await?;
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut pending = vec![(0, batch.generic.len())];
         while let Some((lo, hi)) = pending.pop() {
@@ -240,6 +248,27 @@ pub async fn commit_isolating(
         Ok(committed)
     })
     .await
+}
+
+/// Takes the batch's moved triples out of the pairs they were counted in (hostile input only;
+/// nothing to do, and no lock taken, in any other batch). Under the analytics lock, as a reorg:
+/// the consumer must not count the triple between this read and the commit.
+async fn withdraw_moved_triples(
+    conn: &mut AsyncPgConnection,
+    batch: &BatchWrite,
+) -> anyhow::Result<()> {
+    if batch.moved_triples.is_empty() {
+        return Ok(());
+    }
+    let (stored, new): (Vec<TripleRow>, Vec<TripleRow>) =
+        batch.moved_triples.iter().cloned().unzip();
+    analytics::lock(conn).await?;
+    let moved = reorg::withdraw_triples(conn, &stored, &new).await?;
+    tracing::warn!(
+        triples = moved,
+        "a TripleCreated named other ids for a known triple; the triple moves between pair rows"
+    );
+    Ok(())
 }
 
 /// Sends every statement before reading the first reply.

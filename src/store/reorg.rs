@@ -465,11 +465,13 @@ async fn delete_rows(conn: &mut AsyncPgConnection, gone: &Gone) -> anyhow::Resul
     Ok(())
 }
 
-/// Takes the triples whose creation the reorg took out (or whose remaining creation names other
-/// subject, predicate or object) out of the pair rows they were counted into, and deletes their
+/// Takes the triples of `stored` that `new` no longer has, or has naming other subject,
+/// predicate or object (a reorg took their creation out; a newer creation, of a reorg or of a
+/// batch, names other ids), out of the pair rows they were counted into, and deletes their
 /// triple_vault and triple_term rows; the analytics consumer counts the remaining creation in
-/// anew. Returns the number of triples withdrawn.
-async fn withdraw_triples(
+/// anew. Takes no lock: the caller holds the analytics lock. Returns the number of triples
+/// withdrawn.
+pub(super) async fn withdraw_triples(
     conn: &mut AsyncPgConnection,
     stored: &[TripleRow],
     new: &[TripleRow],

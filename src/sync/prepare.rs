@@ -219,6 +219,7 @@ pub fn prepare(
             dead_letters,
             progress,
             term_updates: folded.changed_terms,
+            moved_triples: folded.moved_triples,
         },
         origins,
         entries,

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::thread;
 
 use crate::domain::identity::Seen;
+use crate::domain::rows::TripleRow;
 use crate::domain::state::shard_of;
 use crate::domain::types::{counter_term_id, TxHash};
 use crate::domain::{Applied, BaseRows, Changes, Event, EventKind, Keys, State};
@@ -49,6 +50,9 @@ pub struct Folded {
     pub generic: Vec<Event>,
     /// Ids of terms whose term or vault rows changed.
     pub changed_terms: Vec<String>,
+    /// Triples whose row now names another subject, predicate or object: `(row as stored
+    /// before, new row)` (see `Changes::replaced_triples`).
+    pub moved_triples: Vec<(TripleRow, TripleRow)>,
     pub new_events: usize,
     /// New events per event name, for the metrics.
     pub new_by_type: Vec<(String, u64)>,
@@ -329,6 +333,15 @@ fn fold_shard(state: &mut State, work: Vec<Work>, batch: u64, keep_changed: bool
         .partition(|e| matches!(e.kind, EventKind::Generic { .. }));
     let mut rows = event_rows(&core);
     let changed = state.base_rows(&changes);
+    let moved_triples = changes
+        .replaced_triples
+        .iter()
+        .filter_map(|old| {
+            let new = changed.triples.iter().find(|n| n.term_id == old.term_id)?;
+            let ids = |r: &TripleRow| (r.subject_id, r.predicate_id, r.object_id);
+            (ids(new) != ids(old)).then(|| (old.clone(), new.clone()))
+        })
+        .collect();
     let kept = if keep_changed {
         changed.clone()
     } else {
@@ -342,6 +355,7 @@ fn fold_shard(state: &mut State, work: Vec<Work>, batch: u64, keep_changed: bool
         events: kept_events,
         generic,
         changed_terms: changes.terms.iter().map(|t| t.to_string()).collect(),
+        moved_triples,
         new_events,
         new_by_type,
         duplicates: 0,
@@ -374,6 +388,7 @@ fn merge(results: Vec<Folded>) -> Folded {
         out.duplicates += r.duplicates;
         out.conflicts += r.conflicts;
         out.changed_terms.extend(r.changed_terms);
+        out.moved_triples.extend(r.moved_triples);
         out.generic.extend(r.generic);
         out.changed.atoms.extend(r.changed.atoms);
         out.changed.triples.extend(r.changed.triples);

@@ -41,6 +41,7 @@ use crate::store::{self, Committed, Pool};
 
 /// What the reader hands the writer, in stream order.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per batch, moved once through a bounded channel
 pub enum Work {
     Batch(Prepared),
     Reorg(ReorgWork),

@@ -262,6 +262,57 @@ async fn saturated_triples_one_per_batch_never_wedge_and_removal_stays_exact() {
     assert_eq!(restarts, 0, "the analytics consumer never failed");
 }
 
+/// A second TripleCreated of a triple id naming another subject, predicate and object (hostile
+/// input; the newest creation is the triple's row) moves the triple between pair rows: the batch
+/// that changes the row takes the triple out of the pairs it was counted in, and the consumer
+/// counts it into the new ones, as the fold does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triple_created_again_with_other_ids_moves_between_pairs() {
+    let env = TestEnv::new("analytics_moved_triple").await;
+    let service = InProcess::start(env.settings(2, 100));
+    let triple = id(0xd0, 0);
+    let created = |block: u64, ids: u8| {
+        envelope(
+            "TripleCreated",
+            block,
+            vec![serde_json::json!({
+                "creator": CREATOR, "termId": triple, "subjectId": id(0xe0, ids),
+                "predicateId": id(0xe1, ids), "objectId": id(0xe2, ids),
+            })],
+        )
+    };
+    let deposit = envelope(
+        "Deposited",
+        11,
+        vec![serde_json::json!({
+            "sender": CREATOR, "receiver": CREATOR, "termId": triple, "curveId": "1",
+            "assets": "5", "assetsAfterFees": "5", "shares": "5", "totalShares": "5", "vaultType": 1,
+        })],
+    );
+    // An atom, so that no table is empty.
+    let atom = envelope(
+        "AtomCreated",
+        9,
+        vec![serde_json::json!({
+            "creator": CREATOR, "termId": id(0xe0, 0), "atomData": "6869", "atomWallet": CREATOR,
+        })],
+    );
+    let mut published = Vec::new();
+    let lines = vec![
+        atom,
+        created(10, 0),
+        deposit,
+        price(12, &triple, "1000", "5"),
+    ];
+    let before = stage(&env, &mut published, lines).await;
+    let pair = |t: &Tables| t.predicate_object.keys().map(|k| k.0).collect::<Vec<_>>();
+    assert_eq!(pair(&before).len(), 1);
+    let after = stage(&env, &mut published, vec![created(20, 1)]).await;
+    assert_eq!(pair(&after).len(), 1, "one pair row, the new one");
+    assert_ne!(pair(&after), pair(&before));
+    service.stop().await;
+}
+
 /// The value of a counter of the service's stats.
 fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)

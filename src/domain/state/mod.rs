@@ -61,6 +61,11 @@ pub struct Changes {
     pub triple_analytics: Set<TermId>,
     pub predicate_objects: Set<PairKey>,
     pub subject_predicates: Set<PairKey>,
+    /// Triples whose row a newer TripleCreated replaced with one naming another subject,
+    /// predicate or object (hostile input): each triple's row before the first such replacement.
+    /// The pair rows the triple was counted in under the old ids must let it go
+    /// (`store::commit`); the analytics consumer counts it into the new ones.
+    pub replaced_triples: Vec<TripleRow>,
 }
 
 impl Changes {
@@ -74,6 +79,7 @@ impl Changes {
         self.triple_analytics.clear();
         self.predicate_objects.clear();
         self.subject_predicates.clear();
+        self.replaced_triples.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,6 +91,7 @@ impl Changes {
             && self.triple_analytics.is_empty()
             && self.predicate_objects.is_empty()
             && self.subject_predicates.is_empty()
+            && self.replaced_triples.is_empty()
     }
 }
 
@@ -425,6 +432,14 @@ impl State {
     fn apply_triple(&mut self, at: Order, row: TripleRow, changes: &mut Changes) {
         let (id, counter) = (row.term_id, row.counter_term_id);
         if self.triples.get(&id).is_none_or(|t| at > t.at) {
+            if let Some(old) = self.triples.get(&id) {
+                let ids = |r: &TripleRow| (r.subject_id, r.predicate_id, r.object_id);
+                if ids(&old.row) != ids(&row)
+                    && !changes.replaced_triples.iter().any(|r| r.term_id == id)
+                {
+                    changes.replaced_triples.push(old.row.clone());
+                }
+            }
             self.triples.insert(
                 id,
                 Versioned {
@@ -866,6 +881,48 @@ mod tests {
             c.terms.contains(&ATOM),
             "the upgrade is reported as a change"
         );
+    }
+
+    #[test]
+    fn a_newer_creation_naming_other_ids_reports_the_row_it_replaced() {
+        let triple = Bytes32([0x7d; 32]);
+        let mut s = State::new();
+        let mut c = Changes::default();
+        s.apply(
+            &at(1, 0, 1, triple_created(triple, ATOM, ATOM2, ATOM3)),
+            &mut c,
+        );
+        assert!(
+            c.replaced_triples.is_empty(),
+            "a first creation replaces nothing"
+        );
+        let mut c = Changes::default();
+        // The same ids again (another identity): nothing moves between pairs.
+        s.apply(
+            &at(2, 0, 2, triple_created(triple, ATOM, ATOM2, ATOM3)),
+            &mut c,
+        );
+        assert!(c.replaced_triples.is_empty());
+        // Other ids, twice in one batch: the row as it was before the batch is reported once.
+        let mut c = Changes::default();
+        s.apply(
+            &at(3, 0, 3, triple_created(triple, ATOM2, ATOM2, ATOM3)),
+            &mut c,
+        );
+        s.apply(
+            &at(4, 0, 4, triple_created(triple, ATOM3, ATOM2, ATOM3)),
+            &mut c,
+        );
+        assert_eq!(c.replaced_triples.len(), 1);
+        assert_eq!(c.replaced_triples[0].subject_id, ATOM);
+        assert_eq!(c.replaced_triples[0].block_number, 2);
+        // An older creation does not replace the row.
+        let mut c = Changes::default();
+        s.apply(
+            &at(1, 5, 5, triple_created(triple, ATOM2, ATOM, ATOM)),
+            &mut c,
+        );
+        assert!(c.replaced_triples.is_empty());
     }
 
     #[test]
