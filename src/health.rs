@@ -42,6 +42,16 @@ pub enum Breaker {
     Analytics,
 }
 
+impl Breaker {
+    /// The `pipeline` label of the pipeline the breaker guards (`pipeline_restarts_total`).
+    pub fn pipeline(self) -> &'static str {
+        match self {
+            Breaker::Sync => "sync",
+            Breaker::Analytics => "analytics",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Health {
     pub metrics: Metrics,
@@ -186,20 +196,19 @@ impl Health {
     }
 }
 
-/// After a failed pipeline: counts it (restarts, metric, the pipeline's own breaker `which`),
+/// After a failed pipeline: counts it (`pipeline_restarts_total` of its pipeline, its own breaker
+/// `which`),
 /// logs it once, and waits an exponential backoff (0.4 s doubling up to 10 s). Returns `true` if
 /// `stop` fired meanwhile.
 pub async fn back_off_on(
     health: &Health,
     which: Breaker,
-    restarts: &std::sync::atomic::AtomicU64,
     failures: u32,
     error: &anyhow::Error,
     what: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
-    restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    health.metrics.pipeline_restarts.inc();
+    health.metrics.restarted(which.pipeline());
     health.failure_of(which);
     let wait = Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
         .min(Duration::from_secs(10));
@@ -232,7 +241,6 @@ pub enum Next {
 pub async fn supervise<F, Fut>(
     health: &Health,
     which: Breaker,
-    restarts: &std::sync::atomic::AtomicU64,
     what: &str,
     stop: tokio::sync::watch::Receiver<bool>,
     mut once: F,
@@ -265,7 +273,7 @@ where
             Err(e) => {
                 failures += 1;
                 let mut stop = stop.clone();
-                if back_off_on(health, which, restarts, failures, &e, what, &mut stop).await {
+                if back_off_on(health, which, failures, &e, what, &mut stop).await {
                     return Ok(());
                 }
             }
@@ -335,11 +343,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_supervisor_runs_again_after_failures_and_again_requests_until_stop() {
         let h = Health::new(5, Duration::from_secs(60));
-        let restarts = std::sync::atomic::AtomicU64::new(0);
         let (_tx, stop) = tokio::sync::watch::channel(false);
         let runs = std::sync::atomic::AtomicU32::new(0);
         // Fails twice, asks to run again once, then stops.
-        let outcome = supervise(&h, Breaker::Sync, &restarts, "test", stop, |_| {
+        let outcome = supervise(&h, Breaker::Sync, "test", stop, |_| {
             let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
                 match n {
@@ -355,11 +362,11 @@ mod tests {
         assert!(outcome.is_ok());
         assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 4);
         assert_eq!(
-            restarts.load(std::sync::atomic::Ordering::Relaxed),
+            h.metrics.restarts("sync"),
             2,
             "only failures count as restarts"
         );
-        assert_eq!(h.metrics.pipeline_restarts.get(), 2);
+        assert_eq!(h.metrics.restarts("analytics"), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -368,11 +375,10 @@ mod tests {
         // over (two failures in a row), 0.4 s when the run in between reset it.
         for (reset_back_off, waited) in [(false, 1_200), (true, 800)] {
             let h = Health::new(100, Duration::from_secs(60));
-            let restarts = std::sync::atomic::AtomicU64::new(0);
             let (_tx, stop) = tokio::sync::watch::channel(false);
             let runs = std::sync::atomic::AtomicU32::new(0);
             let started = tokio::time::Instant::now();
-            supervise(&h, Breaker::Sync, &restarts, "test", stop, |_| {
+            supervise(&h, Breaker::Sync, "test", stop, |_| {
                 let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     match n {
@@ -395,13 +401,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn back_off_counts_on_the_pipeline_s_own_breaker() {
         let h = Health::new(1, Duration::from_secs(60));
-        let restarts = std::sync::atomic::AtomicU64::new(0);
         let (_tx, mut stop) = tokio::sync::watch::channel(false);
         let e = anyhow::anyhow!("connection refused");
         let stopped = back_off_on(
             &h,
             Breaker::Analytics,
-            &restarts,
             1,
             &e,
             "analytics consumer",
@@ -412,19 +416,12 @@ mod tests {
         assert_eq!(h.state_of(Breaker::Analytics), BreakerState::Open);
         assert_eq!(h.breaker_state(), BreakerState::Closed);
         // Sync's variant keeps its signature and counts on sync's breaker.
-        assert!(
-            !back_off_on(
-                &h,
-                Breaker::Sync,
-                &restarts,
-                1,
-                &e,
-                "sync pipeline",
-                &mut stop
-            )
-            .await
-        );
+        assert!(!back_off_on(&h, Breaker::Sync, 1, &e, "sync pipeline", &mut stop).await);
         assert_eq!(h.breaker_state(), BreakerState::Open);
-        assert_eq!(restarts.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(
+            (h.metrics.restarts("sync"), h.metrics.restarts("analytics")),
+            (1, 1),
+            "each pipeline's restarts under its own label"
+        );
     }
 }

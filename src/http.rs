@@ -3,7 +3,6 @@
 //! scrape). No URL or secret is ever part of a response.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,12 +102,12 @@ async fn health(State(s): State<Arc<HttpState>>) -> Response {
         "last_check": now,
         "role": s.health.role().as_str(),
         "metrics": {
-            "total_events_processed": s.sync.events_new.load(Ordering::Relaxed),
-            "total_events_failed": s.sync.dead_lettered.load(Ordering::Relaxed),
-            "total_events_duplicate": s.sync.events_duplicate.load(Ordering::Relaxed),
-            "batches_committed": s.sync.batches.load(Ordering::Relaxed),
-            "pipeline_restarts": s.sync.restarts.load(Ordering::Relaxed) + s.analytics.restarts.load(Ordering::Relaxed),
-            "analytics_batches": s.analytics.batches.load(Ordering::Relaxed),
+            "total_events_processed": s.sync.health.metrics.events_new(),
+            "total_events_failed": s.sync.health.metrics.dead_lettered_events.get(),
+            "total_events_duplicate": s.sync.health.metrics.events_duplicate.get(),
+            "batches_committed": s.sync.health.metrics.batches_committed.get(),
+            "pipeline_restarts": s.sync.health.metrics.restarts("sync") + s.analytics.health.metrics.restarts("analytics"),
+            "analytics_batches": s.analytics.health.metrics.analytics_batches.get(),
             "circuit_breaker_state": breaker.as_str(),
             "analytics_circuit_breaker_state": analytics_breaker.as_str(),
         }

@@ -26,7 +26,22 @@ pub struct RoleLabels {
     pub role: String,
 }
 
-/// The service's metrics. Cheap to update from any task (atomics inside).
+/// Which of the service's two pipelines: `sync` or `analytics`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    pub pipeline: String,
+}
+
+impl PipelineLabels {
+    pub fn of(pipeline: &str) -> Self {
+        Self {
+            pipeline: pipeline.to_owned(),
+        }
+    }
+}
+
+/// The service's metrics: the one source of its counters (the bench, `/health` and the tests
+/// read them here). Cheap to update from any task (atomics inside).
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +49,10 @@ pub struct Metrics {
     pub events_failed: Family<EventLabels, Counter>,
     pub events_duplicate: Counter,
     pub events_conflicting: Counter,
+    /// Stream entries sync acknowledged (a batch's after its commit, a reorg notice's after it
+    /// was applied).
+    pub entries_acknowledged: Counter,
+    pub batches_committed: Counter,
     pub event_processing_duration_seconds: Histogram,
     pub database_write_duration_seconds: Histogram,
     pub batch_size_entries: Histogram,
@@ -46,11 +65,15 @@ pub struct Metrics {
     pub stream_trimmed_entries: Family<StreamLabels, Counter>,
     pub analytics_lag_entries: Gauge,
     pub analytics_lag_seconds: Gauge<f64, AtomicU64>,
+    pub analytics_entries: Counter,
+    pub analytics_terms: Counter,
+    pub analytics_triples: Counter,
     pub analytics_rows_written: Counter,
     pub analytics_batches: Counter,
     pub analytics_rejected_terms: Counter,
-    pub pipeline_restarts: Counter,
+    pub pipeline_restarts: Family<PipelineLabels, Counter>,
     pub reorgs: Counter,
+    pub reorg_events_moved: Counter,
     pub state_cache_keys: Gauge,
     pub state_cache_loaded_keys: Counter,
     pub state_cache_evicted_keys: Counter,
@@ -65,6 +88,8 @@ impl Default for Metrics {
             events_failed: Family::default(),
             events_duplicate: Counter::default(),
             events_conflicting: Counter::default(),
+            entries_acknowledged: Counter::default(),
+            batches_committed: Counter::default(),
             event_processing_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             database_write_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_size_entries: Histogram::new(exponential_buckets(1.0, 2.0, 18)),
@@ -77,11 +102,15 @@ impl Default for Metrics {
             stream_trimmed_entries: Family::default(),
             analytics_lag_entries: Gauge::default(),
             analytics_lag_seconds: Gauge::default(),
+            analytics_entries: Counter::default(),
+            analytics_terms: Counter::default(),
+            analytics_triples: Counter::default(),
             analytics_rows_written: Counter::default(),
             analytics_batches: Counter::default(),
             analytics_rejected_terms: Counter::default(),
-            pipeline_restarts: Counter::default(),
+            pipeline_restarts: Family::default(),
             reorgs: Counter::default(),
+            reorg_events_moved: Counter::default(),
             state_cache_keys: Gauge::default(),
             state_cache_loaded_keys: Counter::default(),
             state_cache_evicted_keys: Counter::default(),
@@ -107,6 +136,16 @@ impl Default for Metrics {
             "events_conflicting",
             "Events reusing an applied identity with different content (the first stays)",
             m.events_conflicting.clone(),
+        );
+        registry.register(
+            "entries_acknowledged",
+            "Input stream entries sync acknowledged: a batch's once it committed, a reorg notice's once applied",
+            m.entries_acknowledged.clone(),
+        );
+        registry.register(
+            "batches_committed",
+            "Batch transactions sync committed",
+            m.batches_committed.clone(),
         );
         registry.register(
             "event_processing_duration_seconds",
@@ -169,6 +208,21 @@ impl Default for Metrics {
             m.analytics_lag_seconds.clone(),
         );
         registry.register(
+            "analytics_entries",
+            "term_updates entries the analytics consumer acknowledged",
+            m.analytics_entries.clone(),
+        );
+        registry.register(
+            "analytics_terms",
+            "Distinct term ids per analytics batch, summed",
+            m.analytics_terms.clone(),
+        );
+        registry.register(
+            "analytics_triples",
+            "Triples whose rows the analytics consumer recomputed",
+            m.analytics_triples.clone(),
+        );
+        registry.register(
             "analytics_rows_written",
             "Triple-level rows written by the analytics consumer",
             m.analytics_rows_written.clone(),
@@ -185,10 +239,15 @@ impl Default for Metrics {
         );
         registry.register(
             "pipeline_restarts",
-            "Times the sync or analytics pipeline failed and was rebuilt from Postgres",
+            "Times a pipeline (sync or analytics) failed and was started again",
             m.pipeline_restarts.clone(),
         );
         registry.register("reorgs", "rindexer reorg notices applied", m.reorgs.clone());
+        registry.register(
+            "reorg_events_moved",
+            "Events reorg notices moved out of the event log (into reorged_events)",
+            m.reorg_events_moved.clone(),
+        );
         registry.register(
             "state_cache_keys",
             "Entries (atoms, triples, terms, positions) the sync state holds in memory (bounded by STATE_CACHE_KEYS)",
@@ -209,11 +268,41 @@ impl Default for Metrics {
             "1 for this process's current role (writer, standby, starting)",
             m.role.clone(),
         );
+        // Both pipelines' restart series exist from the start, at 0.
+        for pipeline in ["sync", "analytics"] {
+            m.pipeline_restarts
+                .get_or_create(&PipelineLabels::of(pipeline))
+                .inc_by(0);
+        }
         Self { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Restarts of `pipeline` (`sync` or `analytics`) so far.
+    pub fn restarts(&self, pipeline: &str) -> u64 {
+        self.pipeline_restarts
+            .get_or_create(&PipelineLabels::of(pipeline))
+            .get()
+    }
+
+    /// Counts a restart of `pipeline`.
+    pub fn restarted(&self, pipeline: &str) {
+        self.pipeline_restarts
+            .get_or_create(&PipelineLabels::of(pipeline))
+            .inc();
+    }
+
+    /// Events applied for the first time so far, all types: the sum of `events_processed` over
+    /// its labels, read from the exposition (a family cannot be summed otherwise).
+    pub fn events_new(&self) -> u64 {
+        self.encode()
+            .lines()
+            .filter(|l| l.starts_with("events_processed_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -272,5 +361,25 @@ mod tests {
             "help text on every metric"
         );
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn counters_read_back_summed_over_labels() {
+        let m = Metrics::default();
+        for (event_type, n) in [("Deposited", 3), ("Redeemed", 2), ("ProtocolFeeAccrued", 5)] {
+            m.events_processed
+                .get_or_create(&EventLabels {
+                    event_type: event_type.into(),
+                })
+                .inc_by(n);
+        }
+        assert_eq!(m.events_new(), 10);
+        m.restarted("sync");
+        m.restarted("analytics");
+        m.restarted("analytics");
+        assert_eq!((m.restarts("sync"), m.restarts("analytics")), (1, 2));
+        assert!(m
+            .encode()
+            .contains("pipeline_restarts_total{pipeline=\"analytics\"} 2"));
     }
 }

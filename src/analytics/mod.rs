@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,19 +38,12 @@ use crate::store;
 use crate::store::analytics::{self as sql, AnalyticsWrite};
 use crate::store::failure::{self, with_retries, Class};
 
-/// Counters of the running consumer.
+/// What the running consumer shares beyond its metrics (`analytics_*`, the one source of its
+/// counters): when it committed first and last, for the bench.
 #[derive(Debug, Default)]
 pub struct AnalyticsStats {
     /// Metrics, circuit breaker and role, shared with sync and the HTTP server.
     pub health: Arc<crate::health::Health>,
-    pub entries: AtomicU64,
-    pub terms: AtomicU64,
-    pub triples: AtomicU64,
-    pub rows: AtomicU64,
-    pub batches: AtomicU64,
-    pub restarts: AtomicU64,
-    /// Term ids whose rows PostgreSQL refused (skipped and acknowledged).
-    pub rejected_terms: AtomicU64,
     pub first_commit: Mutex<Option<Instant>>,
     pub last_commit: Mutex<Option<Instant>>,
 }
@@ -65,7 +58,6 @@ pub async fn run(
     crate::health::supervise(
         &stats.health,
         Breaker::Analytics,
-        &stats.restarts,
         "analytics consumer",
         stop,
         |stop| {
@@ -163,25 +155,12 @@ async fn consume(
                 "cannot trim the term_updates stream"
             ),
         }
-        stats
-            .entries
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        stats.terms.fetch_add(terms.len() as u64, Ordering::Relaxed);
-        stats
-            .triples
-            .fetch_add(done.triples as u64, Ordering::Relaxed);
-        stats.rows.fetch_add(done.rows as u64, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .health
-            .metrics
-            .analytics_batches
-            .inc_by(done.transactions as u64);
-        stats
-            .health
-            .metrics
-            .analytics_rows_written
-            .inc_by(done.rows as u64);
+        let m = &stats.health.metrics;
+        m.analytics_entries.inc_by(entries.len() as u64);
+        m.analytics_terms.inc_by(terms.len() as u64);
+        m.analytics_triples.inc_by(done.triples as u64);
+        m.analytics_batches.inc_by(done.transactions as u64);
+        m.analytics_rows_written.inc_by(done.rows as u64);
         stats.health.success_of(Breaker::Analytics);
         if let Ok(mut t) = stats.last_commit.lock() {
             *t = Some(Instant::now());
@@ -236,7 +215,6 @@ async fn commit(
         );
     }
     let refused = found.refused.len() as u64;
-    stats.rejected_terms.fetch_add(refused, Ordering::Relaxed);
     stats
         .health
         .metrics

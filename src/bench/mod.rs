@@ -8,7 +8,6 @@
 //!   on it (start → ready), apply a 16-block reorg at its head (notice → ready again), with the
 //!   peak RSS of each phase.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,8 +220,8 @@ pub async fn sync(
             .get(((commits.len() as f64 - 1.0) * p).round() as usize)
             .map_or(0.0, |us| *us as f64 / 1000.0)
     };
-    let events = stats.events_new.load(Ordering::Relaxed);
-    let analytics_rows = analytics_stats.rows.load(Ordering::Relaxed);
+    let events = stats.health.metrics.events_new();
+    let analytics_rows = analytics_stats.health.metrics.analytics_rows_written.get();
     let analytics_catch_up = caught_up.saturating_duration_since(last).as_secs_f64();
     let analytics_first = analytics_stats.first_commit.lock().ok().and_then(|t| *t);
     let analytics_busy = analytics_first
@@ -236,10 +235,10 @@ pub async fn sync(
         stream: input.clone(),
         entries: total,
         events,
-        duplicates: stats.events_duplicate.load(Ordering::Relaxed),
+        duplicates: stats.health.metrics.events_duplicate.get(),
         seconds,
         events_per_second: events as f64 / seconds,
-        batches: stats.batches.load(Ordering::Relaxed),
+        batches: stats.health.metrics.batches_committed.get(),
         commit_p50_ms: pct(0.5),
         commit_p99_ms: pct(0.99),
         peak_memory_bytes: memory().0,
@@ -254,7 +253,7 @@ pub async fn sync(
         } else {
             0.0
         },
-        analytics_batches: analytics_stats.batches.load(Ordering::Relaxed),
+        analytics_batches: analytics_stats.health.metrics.analytics_batches.get(),
     };
     if !opts.keep {
         drop_everything(
@@ -421,7 +420,7 @@ async fn drained(
     progress: &mut impl FnMut(&str, u64, u64),
 ) -> anyhow::Result<Instant> {
     loop {
-        let acked = stats.entries.load(Ordering::Relaxed);
+        let acked = stats.health.metrics.entries_acknowledged.get();
         progress("sync", acked, total);
         if acked >= total {
             break;
@@ -435,8 +434,8 @@ async fn drained(
         let lag = analytics::lag(redis, term_updates, "analytics").await?;
         progress(
             "analytics",
-            analytics_stats.entries.load(Ordering::Relaxed),
-            analytics_stats.entries.load(Ordering::Relaxed) + lag.undelivered + lag.pending,
+            analytics_stats.health.metrics.analytics_entries.get(),
+            analytics_stats.health.metrics.analytics_entries.get() + lag.undelivered + lag.pending,
         );
         if lag.caught_up() && store::measure::outbox_len(database_url).await? == 0 {
             break;

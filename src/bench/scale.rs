@@ -126,8 +126,8 @@ pub async fn scale(
         let committed = stats.last_commit.lock().ok().and_then(|t| *t);
         let (read, committed) = read.zip(committed).context("nothing was committed")?;
         let sync_seconds = committed.duration_since(read).as_secs_f64();
-        let events = stats.events_new.load(Ordering::Relaxed);
-        let mut failures = stats.restarts.load(Ordering::Relaxed);
+        let events = stats.health.metrics.events_new();
+        let mut failures = stats.health.metrics.restarts("sync");
 
         // 2. Start again on the same database and streams.
         progress("restart", 0, 1);
@@ -159,7 +159,7 @@ pub async fn scale(
         .await?;
         second
             .until("the reorg was applied", |s| {
-                s.reorgs.load(Ordering::Relaxed) >= 1
+                s.health.metrics.reorgs.get() >= 1
             })
             .await?;
         let applied = Instant::now();
@@ -175,8 +175,8 @@ pub async fn scale(
             .writer_since()
             .unwrap_or_else(Instant::now);
         let reorg_peak = memory().0;
-        let events_reorged = second.stats.events_reorged.load(Ordering::Relaxed);
-        failures += second.stats.restarts.load(Ordering::Relaxed);
+        let events_reorged = second.stats.health.metrics.reorg_events_moved.get();
+        failures += second.stats.health.metrics.restarts("sync");
         second.stop().await?;
         Ok::<_, anyhow::Error>(ScaleReport {
             database: name.clone(),

@@ -1,28 +1,18 @@
-//! `SyncStats`: the counters of a running sync, for the bench, the tests and `/health`.
+//! `SyncStats`: what a running sync shares with the bench, the tests and `/health`: its
+//! `Health` (whose `Metrics` are the one source of its counters) and the commit times the bench
+//! reports percentiles of.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::health::Health;
 
-/// Counters of a running sync, for the bench, the tests and the metrics endpoint.
+/// What a running sync shares beyond its metrics, for the bench, the tests and `/health`.
 #[derive(Debug, Default)]
 pub struct SyncStats {
-    /// Metrics, circuit breaker and role, shared with the analytics task and the HTTP server.
+    /// Metrics (every counter), circuit breaker and role, shared with the analytics task and the
+    /// HTTP server.
     pub health: Arc<Health>,
-    pub entries: AtomicU64,
-    pub events_new: AtomicU64,
-    pub events_duplicate: AtomicU64,
-    pub events_conflicting: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub batches: AtomicU64,
-    /// Pipeline restarts after a failure.
-    pub restarts: AtomicU64,
-    /// Reorg notices applied.
-    pub reorgs: AtomicU64,
-    /// Events taken out of the event log by reorgs.
-    pub events_reorged: AtomicU64,
     /// Commit time of every batch, in microseconds (bounded: the newest 100,000).
     pub commit_micros: Mutex<Vec<u64>>,
     /// When the first entries were read, and when the last batch committed.

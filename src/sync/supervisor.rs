@@ -3,7 +3,6 @@
 //! (standby).
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::prepare::Quarantine;
@@ -48,8 +47,7 @@ pub async fn run(
                     {
                         q.refused(&r.entries, &r.reason);
                     }
-                    stats.restarts.fetch_add(1, Ordering::Relaxed);
-                    stats.health.metrics.pipeline_restarts.inc();
+                    stats.health.metrics.restarted(Breaker::Sync.pipeline());
                     tracing::error!(
                         error = format!("{e:#}"),
                         "PostgreSQL refused rows derived from the batch; retrying its entries one by one"
@@ -75,7 +73,6 @@ pub async fn run(
     health::supervise(
         &stats.health,
         Breaker::Sync,
-        &stats.restarts,
         "sync pipeline (restarted on the stored rows)",
         stop,
         once,

@@ -14,7 +14,6 @@
 //!
 //! A reorg notice PostgreSQL refuses is dead-lettered and acknowledged.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -147,20 +146,8 @@ impl Writer {
         self.settle_dead_letters(&committed).await?;
         self.ack(&p.acks).await?;
         let m = &stats.health.metrics;
-        let refused = committed.refused.len();
-        stats
-            .entries
-            .fetch_add(p.acks.len() as u64, Ordering::Relaxed);
-        stats
-            .events_new
-            .fetch_add((p.new_events - refused) as u64, Ordering::Relaxed);
-        stats
-            .events_duplicate
-            .fetch_add(p.duplicates as u64, Ordering::Relaxed);
-        stats
-            .events_conflicting
-            .fetch_add(p.conflicts as u64, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
+        m.entries_acknowledged.inc_by(p.acks.len() as u64);
+        m.batches_committed.inc();
         let mut by_type = p.new_by_type.clone();
         for (i, _) in &committed.refused {
             let name = p.write.generic[*i].kind.name();
@@ -288,7 +275,6 @@ impl Writer {
         }
         let new = committed.new_dead_letters.len() as u64;
         m.dead_lettered_events.inc_by(new);
-        self.stats.dead_lettered.fetch_add(new, Ordering::Relaxed);
         self.publish_dead_letters().await
     }
 
@@ -375,8 +361,8 @@ impl Writer {
         };
         let acks = [(r.stream.clone(), r.entry_id.clone())];
         self.ack(&acks).await?;
-        let stats = &self.stats;
-        stats.entries.fetch_add(1, Ordering::Relaxed);
+        let m = &self.stats.health.metrics;
+        m.entries_acknowledged.inc();
         match &outcome {
             ReorgOutcome::AlreadyApplied => tracing::info!(
                 stream = %r.stream,
@@ -389,11 +375,8 @@ impl Writer {
                 recomputed,
             } => {
                 let events_moved = outcome.events_moved();
-                stats.reorgs.fetch_add(1, Ordering::Relaxed);
-                stats.health.metrics.reorgs.inc();
-                stats
-                    .events_reorged
-                    .fetch_add(events_moved as u64, Ordering::Relaxed);
+                m.reorgs.inc();
+                m.reorg_events_moved.inc_by(events_moved as u64);
                 tracing::warn!(
                     reorg_id,
                     network = r.notice.network.as_deref().unwrap_or("(every network)"),

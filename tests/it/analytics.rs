@@ -20,7 +20,7 @@ async fn analytics_tables_equal_the_fold() {
     service.stop().await;
     env.assert_all_tables(&expected_tables(SMALL_FIXTURE)).await;
     assert!(
-        analytics.batches.load(std::sync::atomic::Ordering::Relaxed) > 1,
+        analytics.health.metrics.analytics_batches.get() > 1,
         "updates were batched, over several transactions"
     );
 }
@@ -254,10 +254,7 @@ async fn saturated_triples_one_per_batch_never_wedge_and_removal_stays_exact() {
             "50000000000000000000".to_owned()
         )
     );
-    let restarts = service
-        .analytics
-        .restarts
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let restarts = service.analytics.health.metrics.restarts("analytics");
     service.stop().await;
     assert_eq!(restarts, 0, "the analytics consumer never failed");
 }
@@ -313,11 +310,6 @@ async fn a_triple_created_again_with_other_ids_moves_between_pairs() {
     service.stop().await;
 }
 
-/// The value of a counter of the service's stats.
-fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
-    counter.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// The analytics advisory lock (`store::analytics::lock`): held by a test, it stalls every
 /// analytics transaction until PROCESSING_TIMEOUT_MS fails it — a transient failure of
 /// analytics alone.
@@ -354,7 +346,7 @@ async fn analytics_failures_leave_the_sync_breaker_closed() {
     // Sync drains its input while every analytics batch times out.
     env.wait_drained(Duration::from_secs(120)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while get(&analytics.restarts) < 2 {
+    while analytics.health.metrics.restarts("analytics") < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "analytics never failed twice"
@@ -367,7 +359,11 @@ async fn analytics_failures_leave_the_sync_breaker_closed() {
         "analytics failures must not open sync's breaker"
     );
     assert_eq!(health.breaker_wait(), Duration::ZERO);
-    assert_eq!(get(&stats.restarts), 0, "sync never failed");
+    assert_eq!(
+        stats.health.metrics.restarts("sync"),
+        0,
+        "sync never failed"
+    );
     let metrics = health.metrics.encode();
     assert!(
         metrics.lines().any(|l| l == "circuit_breaker_state 0"),
@@ -466,8 +462,17 @@ async fn terms_postgres_refuses_are_isolated_and_acknowledged() {
     env.publish(&refs, &PublishOptions::default()).await;
     // Nothing wedges: every term update is acknowledged.
     env.wait_all_drained(Duration::from_secs(60)).await;
-    assert_eq!(get(&service.analytics.restarts), 0, "no restart");
-    let refused = get(&service.analytics.rejected_terms);
+    assert_eq!(
+        service.analytics.health.metrics.restarts("analytics"),
+        0,
+        "no restart"
+    );
+    let refused = service
+        .analytics
+        .health
+        .metrics
+        .analytics_rejected_terms
+        .get();
     assert_eq!(
         refused, 4,
         "the pro and counter terms of triples 2 and 4 are refused"

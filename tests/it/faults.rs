@@ -101,10 +101,7 @@ async fn redis_connections_dropped_mid_run() {
         proxy.restore();
     }
     env.wait_all_drained(Duration::from_secs(240)).await;
-    let restarts = std::sync::atomic::AtomicU64::load(
-        &service.stats.restarts,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let restarts = service.stats.health.metrics.restarts("sync");
     service.stop().await;
     eprintln!("faults: 3 Redis outages, {restarts} pipeline restarts");
     env.assert_all_tables(&expected_tables(&text)).await;
@@ -223,13 +220,8 @@ async fn a_storm_of_malformed_entries_mixed_into_good_traffic() {
     let service = InProcess::start(settings);
     env.wait_all_drained(Duration::from_secs(180)).await;
     let stats = &service.stats;
-    let (conflicts, restarts) = (
-        std::sync::atomic::AtomicU64::load(
-            &stats.events_conflicting,
-            std::sync::atomic::Ordering::Relaxed,
-        ),
-        std::sync::atomic::AtomicU64::load(&stats.restarts, std::sync::atomic::Ordering::Relaxed),
-    );
+    let m = &stats.health.metrics;
+    let (conflicts, restarts) = (m.events_conflicting.get(), m.restarts("sync"));
     service.stop().await;
     assert_eq!(
         (conflicts, restarts),

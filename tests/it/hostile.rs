@@ -3,7 +3,6 @@
 //! dead-lettered while the rest commits; a dead letter appears once across crashes; a plain
 //! redelivery after a restart is a duplicate. Each test names the fault it covers.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -116,9 +115,9 @@ async fn run_until_drained(env: &TestEnv, workers: u32, batch: u32) -> (u64, u64
     env.wait_all_drained(Duration::from_secs(60)).await;
     let s = &service.stats;
     let counts = (
-        s.events_conflicting.load(Ordering::Relaxed),
-        s.events_duplicate.load(Ordering::Relaxed),
-        s.restarts.load(Ordering::Relaxed),
+        s.health.metrics.events_conflicting.get(),
+        s.health.metrics.events_duplicate.get(),
+        s.health.metrics.restarts("sync"),
     );
     service.stop().await;
     counts
@@ -203,7 +202,7 @@ async fn a_nul_network_notice_and_unstorable_parameters_are_dead_lettered_and_th
     let service = InProcess::start(env.settings(4, 100));
     // Applied within seconds: the wait is a bound, not a measurement.
     env.wait_all_drained(Duration::from_secs(30)).await;
-    let restarts = service.stats.restarts.load(Ordering::Relaxed);
+    let restarts = service.stats.health.metrics.restarts("sync");
     service.stop().await;
     assert_eq!(restarts, 0, "no restart for bad input");
     let errors = dlq_errors(&env).await;
@@ -550,8 +549,8 @@ async fn mutated_envelopes_are_applied_or_dead_lettered_and_nothing_stops() {
     }
     let service = InProcess::start(env.settings(4, 100));
     env.wait_all_drained(Duration::from_secs(180)).await;
-    let restarts = service.stats.restarts.load(Ordering::Relaxed);
-    let dead = service.stats.dead_lettered.load(Ordering::Relaxed);
+    let restarts = service.stats.health.metrics.restarts("sync");
+    let dead = service.stats.health.metrics.dead_lettered_events.get();
     service.stop().await;
     eprintln!(
         "fuzz: {cases} mutated entries among {} recorded ones; {dead} dead letters",

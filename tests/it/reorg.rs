@@ -4,7 +4,6 @@
 //! of an orphaned event and other content, apply normally.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use primitive_types::U256;
@@ -229,9 +228,9 @@ async fn reorg_mid_fixture_gives_the_fold_without_orphaned_blocks_plus_replaceme
     service.stop().await;
 
     env.assert_all_tables(&expected).await;
-    assert_eq!(stats.reorgs.load(Ordering::Relaxed), 1, "one reorg applied");
+    assert_eq!(stats.health.metrics.reorgs.get(), 1, "one reorg applied");
     assert_eq!(
-        stats.events_conflicting.load(Ordering::Relaxed),
+        stats.health.metrics.events_conflicting.get(),
         0,
         "replacements under orphaned identities are new events, not conflicts"
     );
@@ -246,7 +245,7 @@ async fn reorg_mid_fixture_gives_the_fold_without_orphaned_blocks_plus_replaceme
         "reorged_events holds exactly the orphaned events"
     );
     assert_eq!(
-        stats.events_reorged.load(Ordering::Relaxed) as usize,
+        stats.health.metrics.reorg_events_moved.get() as usize,
         audited.len()
     );
     let logged = texts(

@@ -17,10 +17,7 @@ async fn recorded_fixture_gives_the_fold_row_by_row() {
     let sync = InProcess::start(env.settings(4, 100));
     env.wait_all_drained(Duration::from_secs(120)).await;
     let stats = sync.stats.clone();
-    let analysed = sync
-        .analytics
-        .entries
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let analysed = sync.analytics.health.metrics.analytics_entries.get();
     sync.stop().await;
     let events = events_of(SMALL_FIXTURE);
     env.assert_base_tables(&expected_tables(SMALL_FIXTURE))
@@ -37,10 +34,7 @@ async fn recorded_fixture_gives_the_fold_row_by_row() {
         events.len(),
         "every event once in the event log"
     );
-    assert_eq!(
-        stats.events_new.load(std::sync::atomic::Ordering::Relaxed) as usize,
-        events.len()
-    );
+    assert_eq!(stats.health.metrics.events_new() as usize, events.len());
     assert_eq!(
         env.count("SELECT count(*) AS n FROM term_update_outbox")
             .await,
@@ -73,18 +67,10 @@ async fn shuffled_and_duplicated_delivery_gives_the_same_tables() {
     env.assert_base_tables(&expected_tables(SMALL_FIXTURE))
         .await;
     assert!(
-        stats
-            .events_duplicate
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0,
+        stats.health.metrics.events_duplicate.get() > 0,
         "duplicates were seen and ignored"
     );
-    assert_eq!(
-        stats
-            .events_conflicting
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(stats.health.metrics.events_conflicting.get(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +96,7 @@ async fn republished_stream_and_restart_change_nothing() {
     let stats = sync.stats.clone();
     sync.stop().await;
     assert_eq!(
-        stats.events_new.load(std::sync::atomic::Ordering::Relaxed),
+        stats.health.metrics.events_new(),
         0,
         "nothing new the second time"
     );
