@@ -158,6 +158,8 @@ pub struct SyncReport {
     /// Triple-level rows written by the analytics consumer, and their rate over its busy time.
     pub analytics_rows: u64,
     pub analytics_rows_per_second: f64,
+    /// Analytics transactions committed (`analytics_batches_total`): one per consumer batch,
+    /// more when a refused batch was narrowed down.
     pub analytics_batches: u64,
 }
 

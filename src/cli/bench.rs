@@ -281,7 +281,7 @@ fn print_sync(runs: &[SyncReport], median: f64) {
     }
     println!("median: {median:.0} events/s");
     println!(
-        "analytics: caught up {} after the last base commit; {} rows in {} batches, {:.0} rows/s",
+        "analytics: caught up {} after the last base commit; {} rows in {} transactions, {:.0} rows/s",
         runs.iter()
             .map(|r| format!("{:.2}s", r.analytics_catch_up_seconds))
             .collect::<Vec<_>>()

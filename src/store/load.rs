@@ -305,7 +305,7 @@ async fn read_table(
             text::bytes32(&r.transaction_hash).with_context(|| format!("an event of {table}"))?;
         let log_index = r.log_index;
         events.push(
-            record_to_event(r, transaction_hash, networks)
+            record_to_event(def, r, transaction_hash, networks)
                 .with_context(|| format!("event {transaction_hash}:{log_index} of {table}"))?,
         );
     }
@@ -313,12 +313,12 @@ async fn read_table(
 }
 
 fn record_to_event(
+    table: &EventTable,
     r: EventRecord,
     transaction_hash: Bytes32,
     networks: &mut BTreeMap<String, Arc<str>>,
 ) -> anyhow::Result<Event> {
     // Parameters by column name, as the table's definition places them in `p0`, `p1`, ….
-    let table = EventTable::of_event(&r.event_name);
     let params = r.params();
     let p = |column: &'static str| -> anyhow::Result<&str> {
         table

@@ -431,12 +431,11 @@ impl State {
 
     fn apply_triple(&mut self, at: Order, row: TripleRow, changes: &mut Changes) {
         let (id, counter) = (row.term_id, row.counter_term_id);
-        if self.triples.get(&id).is_none_or(|t| at > t.at) {
-            if let Some(old) = self.triples.get(&id) {
-                let ids = |r: &TripleRow| (r.subject_id, r.predicate_id, r.object_id);
-                if ids(&old.row) != ids(&row)
-                    && !changes.replaced_triples.iter().any(|r| r.term_id == id)
-                {
+        let stored = self.triples.get(&id);
+        if stored.is_none_or(|t| at > t.at) {
+            let ids = |r: &TripleRow| (r.subject_id, r.predicate_id, r.object_id);
+            if let Some(old) = stored.filter(|old| ids(&old.row) != ids(&row)) {
+                if !changes.replaced_triples.iter().any(|r| r.term_id == id) {
                     changes.replaced_triples.push(old.row.clone());
                 }
             }
