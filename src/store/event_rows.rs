@@ -5,12 +5,18 @@
 //! quarantines and folds entry by entry against the committed log, instead of being skipped
 //! while the derived rows count the event a second time. Leaving out `ON CONFLICT` also spares
 //! every row a second descent of the primary key (the speculative-insertion check).
+//!
+//! With the events go the keys of their transactions in `event_transactions`, the probe's index
+//! (`ON CONFLICT DO NOTHING`: a transaction's events may come in several batches, a key may be
+//! shared).
 
 use diesel::pg::data_types::PgNumeric;
 
 use super::rows::{checksum, numeric, times};
 use super::rowset::{Column, OnConflict, RowSet};
-use super::tables::{EventTable, Stored, EVENT_TABLES, META};
+use super::tables::{
+    hash_prefix, EventTable, Stored, EVENT_TABLES, META, TRANSACTIONS, TRANSACTION_KEY,
+};
 use crate::domain::{Event, EventKind, EventMeta};
 
 /// Primary key of every event table: the event identity.
@@ -116,7 +122,8 @@ fn push(c: &mut Column, v: Value) {
     }
 }
 
-/// Event log rows for `events` (each must be new: applied as `Applied::New`).
+/// Event log rows for `events` (each must be new: applied as `Applied::New`), then the
+/// `event_transactions` keys of their transactions.
 pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet> {
     let [atom, triple, deposited, redeemed, price, generic] = &EVENT_TABLES;
     let (mut atom, mut triple, mut deposited, mut redeemed, mut price, mut generic) = (
@@ -128,7 +135,9 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
         TableRows::new(generic),
     );
 
+    let mut transactions: Vec<i64> = Vec::new();
     for e in events {
+        transactions.push(hash_prefix(&e.meta.transaction_hash));
         // Each value names its column: a value out of place fails at once, in every build.
         let (table, values): (&mut TableRows, Vec<(&str, Value)>) = match &e.kind {
             EventKind::AtomCreated {
@@ -250,10 +259,36 @@ pub fn event_rows<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<RowSet
             push(col, v);
         }
     }
-    [atom, triple, deposited, redeemed, price, generic]
+    let mut sets: Vec<RowSet> = [atom, triple, deposited, redeemed, price, generic]
         .into_iter()
         .filter_map(TableRows::into_rowset)
-        .collect()
+        .collect();
+    if !transactions.is_empty() {
+        // Sorted: the inserts walk the index in key order, and a transaction's events are one key.
+        transactions.sort_unstable();
+        transactions.dedup();
+        sets.push(RowSet {
+            table: TRANSACTIONS,
+            key: TRANSACTION_KEY,
+            columns: vec![(TRANSACTION_KEY[0], Column::BigInt(transactions))],
+            on_conflict: OnConflict::Skip,
+        });
+    }
+    sets
+}
+
+/// Sorts and de-duplicates the `event_transactions` keys among `sets` after the row sets of
+/// several folds were appended together (the sharded fold builds one per shard, and a
+/// transaction's events may fall to several shards).
+pub fn dedup_transaction_keys(sets: &mut [RowSet]) {
+    for set in sets.iter_mut().filter(|s| s.table == TRANSACTIONS) {
+        for (_, column) in &mut set.columns {
+            if let Column::BigInt(keys) = column {
+                keys.sort_unstable();
+                keys.dedup();
+            }
+        }
+    }
 }
 
 enum Value {

@@ -11,6 +11,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::load::{load_events, EVENT_LOG};
+use super::tables::{hash_prefix, TRANSACTIONS, TRANSACTION_KEY};
 use super::text::{address, bytes32 as b32, term_type, u256 as num, vault_type};
 use crate::domain::rows::{AtomRow, PositionRow, TermRow, TripleRow, VaultRow};
 use crate::domain::types::TxHash;
@@ -122,12 +123,15 @@ pub async fn load_base(conn: &mut AsyncPgConnection, keys: &Keys) -> anyhow::Res
     Ok(rows)
 }
 
-/// The stored events (any of the six event tables) with one of `identities`: one statement
-/// finds which are stored; only those few — redeliveries, conflicts — are then read whole.
+/// The stored events (any of the six event tables) with one of `identities`: two statements
+/// find which are stored; only those few — redeliveries, conflicts — are then read whole.
 ///
-/// The probe is by transaction hash (an event's transactions carry several events each, so there
-/// are about a third as many hashes as identities), sorted, one indexed read per hash and table
-/// in a `LATERAL` join: a plan that stays index probes whether or not the event tables have
+/// First the batch's transactions are looked up in `event_transactions`, one compact index of
+/// 8-byte keys (`tables::hash_prefix`): a transaction without a key has no stored event, which
+/// is the usual answer and costs one descent of that index. Only the transactions with a key
+/// (redelivered, in conflict, cut by a batch boundary, or sharing a key) are then probed in the
+/// six event tables, by transaction hash, one indexed read per hash and table. Both probes are
+/// sorted, in a `LATERAL` join: a plan that stays index probes whether or not the tables have
 /// statistics (an `IN`/`ANY` over the batch flips to a whole-table hash join on tables never
 /// analyzed). Rows of those transactions with other log indexes are dropped here.
 pub async fn load_identities(
@@ -137,7 +141,28 @@ pub async fn load_identities(
     if identities.is_empty() {
         return Ok(Vec::new());
     }
-    let mut hashes: Vec<String> = identities.iter().map(|(h, _)| h.to_string()).collect();
+    let mut keys: Vec<i64> = identities.iter().map(|(h, _)| hash_prefix(h)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let known: Vec<KeyRecord> = diesel::sql_query(format!(
+        "SELECT k.key FROM UNNEST($1::int8[]) AS k(key) CROSS JOIN LATERAL \
+         (SELECT 1 FROM {TRANSACTIONS} t WHERE t.{key} = k.key) s",
+        key = TRANSACTION_KEY[0],
+    ))
+    .bind::<Array<BigInt>, _>(&keys)
+    .load(conn)
+    .await
+    .context("looking up the batch's transactions in event_transactions")?;
+    if known.is_empty() {
+        // The usual case (nothing redelivered): no event table is read.
+        return Ok(Vec::new());
+    }
+    let known: std::collections::HashSet<i64> = known.into_iter().map(|r| r.key).collect();
+    let mut hashes: Vec<String> = identities
+        .iter()
+        .filter(|(h, _)| known.contains(&hash_prefix(h)))
+        .map(|(h, _)| h.to_string())
+        .collect();
     hashes.sort_unstable();
     hashes.dedup();
     let probes: Vec<String> = EVENT_LOG
@@ -188,6 +213,12 @@ pub async fn load_identities(
     load_events(conn, Some(&filter))
         .await
         .context("reading stored events of the batch's identities")
+}
+
+#[derive(QueryableByName)]
+struct KeyRecord {
+    #[diesel(sql_type = BigInt)]
+    key: i64,
 }
 
 #[derive(QueryableByName)]

@@ -3,7 +3,7 @@
 //!
 //! ```sql
 //! INSERT INTO t (a, b, …) SELECT u.a, u.b::numeric, … FROM UNNEST($1::text[], $2::text[], …) AS u(a, b, …)
-//! ON CONFLICT (key) DO UPDATE SET b = EXCLUDED.b, …     -- or no ON CONFLICT
+//! ON CONFLICT (key) DO UPDATE SET b = EXCLUDED.b, …     -- or DO NOTHING, or no ON CONFLICT
 //! ```
 //!
 //! One bind parameter per column, so Postgres's 65,535-parameter limit never applies. uint256
@@ -150,6 +150,9 @@ pub enum OnConflict {
     Fail,
     /// Replace every non-key column (derived rows: the new value is the truth).
     Update,
+    /// Keep the stored row (`DO NOTHING`). Only for `event_transactions`, a set of keys that
+    /// batches in flight and redeliveries may each write again; never for the event log.
+    Skip,
 }
 
 /// A batch of rows for one table.
@@ -190,6 +193,7 @@ impl RowSet {
         }
         let conflict = match self.on_conflict {
             OnConflict::Fail => String::new(),
+            OnConflict::Skip => format!("ON CONFLICT ({}) DO NOTHING", self.key.join(", ")),
             OnConflict::Update => {
                 let sets: Vec<String> = names
                     .iter()

@@ -31,7 +31,7 @@ use crate::domain::rows::TripleRow;
 use crate::domain::state::shard_of;
 use crate::domain::types::{counter_term_id, TxHash};
 use crate::domain::{Applied, BaseRows, Changes, Event, EventKind, Keys, State};
-use crate::store::event_rows::event_rows;
+use crate::store::event_rows::{dedup_transaction_keys, event_rows};
 use crate::store::rows::base_rows;
 use crate::store::rowset::RowSet;
 
@@ -403,6 +403,7 @@ fn merge(results: Vec<Folded>) -> Folded {
             }
         }
     }
+    dedup_transaction_keys(&mut out.rows);
     // Write order: the event log first, then base tables (any order is correct; a fixed one keeps
     // lock order stable).
     out.rows.sort_by_key(|r| {
@@ -415,13 +416,14 @@ fn merge(results: Vec<Folded>) -> Folded {
     out
 }
 
-const TABLE_ORDER: [&str; 11] = [
+const TABLE_ORDER: [&str; 12] = [
     "atom_created_events",
     "triple_created_events",
     "deposited_events",
     "redeemed_events",
     "share_price_changed_events",
     "generic_events",
+    "event_transactions",
     "atom",
     "triple",
     "position",

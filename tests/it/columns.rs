@@ -182,4 +182,45 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
         found.iter().map(identity).collect::<Vec<_>>(),
         vec![(tx, logs[0])]
     );
+    let never = redis_postgres_sync::domain::Bytes32([0xa5; 32]);
+    let found = store::prior::load_identities(&mut conn, &[(never, 0)])
+        .await
+        .expect("identities");
+    assert!(found.is_empty(), "a transaction never stored has no event");
+
+    // The probe's index holds the key of every stored event's transaction, and the store's key
+    // (`hash_prefix`) is what the migration computes for the event log it backfills from.
+    let migration = include_str!("../../migrations/2026-12-10-000001_event_transactions/up.sql");
+    let key_sql = "('x' || substr(transaction_hash, 3, 16))::bit(64)::bigint";
+    assert!(
+        migration.contains(key_sql),
+        "the migration computes the key so"
+    );
+    let union: Vec<String> = load::EVENT_LOG
+        .iter()
+        .map(|t| format!("SELECT DISTINCT {key_sql} AS k FROM {t}"))
+        .collect();
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let Count { n: unmatched } = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM ({}) e FULL JOIN event_transactions t ON t.hash_prefix = e.k \
+         WHERE t.hash_prefix IS NULL OR e.k IS NULL",
+        union.join(" UNION ")
+    ))
+    .get_result(&mut conn)
+    .await
+    .expect("event_transactions against the event log");
+    assert_eq!(
+        unmatched, 0,
+        "event_transactions keys = the event log's transactions"
+    );
+    let Count { n: negative } =
+        diesel::sql_query("SELECT count(*) AS n FROM event_transactions WHERE hash_prefix < 0")
+            .get_result(&mut conn)
+            .await
+            .expect("negative keys");
+    assert!(negative > 0, "hashes with the high bit set are among them");
 }

@@ -55,6 +55,8 @@ const fn written(column: &'static str, stored: Stored) -> Param {
 
 use Stored::{Bytea, Jsonb, Numeric, Text};
 
+use crate::domain::types::TxHash;
+
 /// The columns every event table starts with, in table order: the event's identity and where
 /// it happened.
 pub const META: [&str; 9] = [
@@ -152,6 +154,25 @@ pub const EVENT_LOG: [&str; 6] = [
     EVENT_TABLES[5].table,
 ];
 
+/// The identity probe's index (migration `event_transactions`): one row per transaction the
+/// event log holds an event of, keyed by [`hash_prefix`]. A superset (a key may outlive its
+/// events, two transactions may share one), so a key found only means "read the event tables
+/// for this transaction"; a key missing means none of its events is stored. `event_rows` writes
+/// the keys of a batch's events beside the events.
+pub const TRANSACTIONS: &str = "event_transactions";
+
+/// [`TRANSACTIONS`]' one column, its key.
+pub const TRANSACTION_KEY: &[&str] = &["hash_prefix"];
+
+/// A transaction's key in [`TRANSACTIONS`]: the first 8 bytes of its hash, big-endian, as a
+/// signed integer — what the migration computes from the stored text with
+/// `('x' || substr(transaction_hash, 3, 16))::bit(64)::bigint`.
+pub fn hash_prefix(hash: &TxHash) -> i64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.0[..8]);
+    i64::from_be_bytes(first)
+}
+
 /// The most parameters any table reads back.
 pub const MAX_READ_PARAMS: usize = 9;
 
@@ -243,5 +264,21 @@ mod tests {
             "derived, not read"
         );
         assert_eq!(EVENT_TABLES[5].read_position("payload"), Some(0));
+    }
+
+    #[test]
+    fn a_transaction_key_is_the_hash_first_eight_bytes_big_endian_signed() {
+        let hash = |first: [u8; 8], rest: u8| {
+            let mut h = [rest; 32];
+            h[..8].copy_from_slice(&first);
+            crate::domain::Bytes32(h)
+        };
+        assert_eq!(hash_prefix(&hash([0, 0, 0, 0, 0, 0, 0, 1], 0xff)), 1);
+        assert_eq!(hash_prefix(&hash([0x80, 0, 0, 0, 0, 0, 0, 0], 0)), i64::MIN);
+        assert_eq!(hash_prefix(&hash([0xff; 8], 0)), -1);
+        assert_eq!(
+            hash_prefix(&hash([0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0], 7)),
+            0x1234_5678_9abc_def0
+        );
     }
 }

@@ -7,4 +7,7 @@
 pub mod derived;
 pub mod events;
 
-pub use events::{EventTable, Param, Stored, EVENT_LOG, EVENT_TABLES, MAX_READ_PARAMS, META};
+pub use events::{
+    hash_prefix, EventTable, Param, Stored, EVENT_LOG, EVENT_TABLES, MAX_READ_PARAMS, META,
+    TRANSACTIONS, TRANSACTION_KEY,
+};

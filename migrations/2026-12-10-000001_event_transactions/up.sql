@@ -1,0 +1,25 @@
+-- The identity probe's index (issue 14). Every transaction the event log holds an event of, keyed
+-- by the first 8 bytes of its hash read as a big-endian signed integer. A batch asks this one
+-- compact index whether each of its transactions may be stored, and reads the six event tables
+-- only for the few that may (a redelivery, a conflict, a transaction cut by a batch boundary),
+-- instead of descending all six primary keys for every transaction of every batch — the probe
+-- that grew with the history.
+--
+-- A superset: a key whose events a reorg moved out, or whose generic event PostgreSQL refused,
+-- stays, and two transactions may share a key; either costs one needless read of the event
+-- tables, never a wrong answer. What must hold is that every stored event's transaction has its
+-- key here: the batch transaction writes it with the event.
+CREATE TABLE event_transactions (
+    hash_prefix BIGINT PRIMARY KEY
+);
+
+INSERT INTO event_transactions (hash_prefix)
+SELECT DISTINCT ('x' || substr(transaction_hash, 3, 16))::bit(64)::bigint
+FROM (
+    SELECT transaction_hash FROM atom_created_events
+    UNION ALL SELECT transaction_hash FROM triple_created_events
+    UNION ALL SELECT transaction_hash FROM deposited_events
+    UNION ALL SELECT transaction_hash FROM redeemed_events
+    UNION ALL SELECT transaction_hash FROM share_price_changed_events
+    UNION ALL SELECT transaction_hash FROM generic_events
+) e;

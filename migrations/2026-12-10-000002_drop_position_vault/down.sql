@@ -1,0 +1,1 @@
+CREATE INDEX position_vault ON position (term_id, curve_id, account_id);
