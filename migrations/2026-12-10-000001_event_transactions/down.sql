@@ -1,1 +1,2 @@
+DROP TABLE event_transactions_backfill;
 DROP TABLE event_transactions;

@@ -13,13 +13,10 @@ CREATE TABLE event_transactions (
     hash_prefix BIGINT PRIMARY KEY
 );
 
-INSERT INTO event_transactions (hash_prefix)
-SELECT DISTINCT ('x' || substr(transaction_hash, 3, 16))::bit(64)::bigint
-FROM (
-    SELECT transaction_hash FROM atom_created_events
-    UNION ALL SELECT transaction_hash FROM triple_created_events
-    UNION ALL SELECT transaction_hash FROM deposited_events
-    UNION ALL SELECT transaction_hash FROM redeemed_events
-    UNION ALL SELECT transaction_hash FROM share_price_changed_events
-    UNION ALL SELECT transaction_hash FROM generic_events
-) e;
+-- The keys of the events already stored are added by the first writer of this version, under its
+-- lease, before its first batch (store::prior::backfill_transaction_keys): a writer of an older
+-- version may still hold the lease, and write events without keys, while this migration runs.
+CREATE TABLE event_transactions_backfill (
+    pending BOOLEAN PRIMARY KEY
+);
+INSERT INTO event_transactions_backfill (pending) VALUES (true);

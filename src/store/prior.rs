@@ -1,6 +1,8 @@
 //! Reading the stored base rows of given keys — what the `sync` service's state cache loads
 //! before it folds a batch (`sync::shards`) and what a reorg recomputes from (`store::reorg`) —
-//! and the stored events of given identities (the batch's identity check).
+//! and the stored events of given identities (the batch's identity check, through the
+//! `event_transactions` keys, which `backfill_transaction_keys` adds once for events stored
+//! before that table existed).
 //!
 //! One set-based query per table: keys travel as arrays (`= ANY($1)`, or `UNNEST` for composite
 //! keys), so the cost is a few index probes per key whatever the size of the history.
@@ -8,10 +10,10 @@
 use anyhow::Context;
 use diesel::sql_types::{Array, BigInt, Bool, Bytea, Nullable, Text};
 use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::load::{load_events, EVENT_LOG};
-use super::tables::{hash_prefix, TRANSACTIONS, TRANSACTION_KEY};
+use super::tables::{hash_prefix, HASH_PREFIX_SQL, TRANSACTIONS, TRANSACTION_KEY};
 use super::text::{address, bytes32 as b32, term_type, u256 as num, vault_type};
 use crate::domain::rows::{AtomRow, PositionRow, TermRow, TripleRow, VaultRow};
 use crate::domain::types::TxHash;
@@ -213,6 +215,44 @@ pub async fn load_identities(
     load_events(conn, Some(&filter))
         .await
         .context("reading stored events of the batch's identities")
+}
+
+/// Adds the `event_transactions` keys of every stored event, once: the first writer of the
+/// version that introduced the table does it under its lease before its first batch, so events
+/// an older writer stored while the migration ran are covered too. Returns the keys added, or
+/// `None` when it was done before. Reads the whole event log (once per database); a writer of
+/// an older version that takes the lease back afterwards would again store events without keys
+/// (upgrade forward only, see the README).
+pub async fn backfill_transaction_keys(
+    conn: &mut AsyncPgConnection,
+    lease: &super::lease::Lease,
+) -> anyhow::Result<Option<usize>> {
+    conn.transaction(async |conn| {
+        super::lease::fence(conn, lease).await?;
+        let cleared = diesel::sql_query("DELETE FROM event_transactions_backfill")
+            .execute(conn)
+            .await
+            .context("reading table event_transactions_backfill")?;
+        if cleared == 0 {
+            return Ok(None);
+        }
+        let stored: Vec<String> = EVENT_LOG
+            .iter()
+            .map(|t| format!("SELECT {HASH_PREFIX_SQL} AS k FROM {t}"))
+            .collect();
+        let added = diesel::sql_query(format!(
+            "INSERT INTO {TRANSACTIONS} ({key}) SELECT DISTINCT k FROM ({}) e \
+             ON CONFLICT ({key}) DO NOTHING",
+            stored.join(" UNION ALL "),
+            key = TRANSACTION_KEY[0],
+        ))
+        .execute(conn)
+        .await
+        .context("adding the event_transactions keys of the stored events")?;
+        super::lease::fence(conn, lease).await?;
+        Ok(Some(added))
+    })
+    .await
 }
 
 #[derive(QueryableByName)]

@@ -55,6 +55,7 @@ pub(super) async fn pipeline(
     // The state starts empty: each batch loads the stored rows it needs (`shards`). Only base
     // rows written before those rows kept the fold's continuation need one rebuild first.
     upgrade_base_rows(&pool, &lease).await?;
+    backfill_transaction_keys(&pool, &lease).await?;
     let mut shards = Shards::new(
         settings.workers as usize,
         settings.state_cache_keys as usize,
@@ -229,6 +230,21 @@ async fn upgrade_base_rows(pool: &Pool, lease: &store::lease::Lease) -> anyhow::
         elapsed_ms = started.elapsed().as_millis() as u64,
         "derived tables rebuilt"
     );
+    Ok(())
+}
+
+/// The identity probe's keys of events stored before `event_transactions` existed: added once,
+/// fenced by the lease, before the first batch relies on them.
+async fn backfill_transaction_keys(pool: &Pool, lease: &store::lease::Lease) -> anyhow::Result<()> {
+    let mut conn = pool.get().await.context("taking a database connection")?;
+    let started = Instant::now();
+    if let Some(added) = store::prior::backfill_transaction_keys(&mut conn, lease).await? {
+        tracing::info!(
+            transactions = added,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "event_transactions filled from the event log (once, after the upgrade)"
+        );
+    }
     Ok(())
 }
 

@@ -189,13 +189,9 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
     assert!(found.is_empty(), "a transaction never stored has no event");
 
     // The probe's index holds the key of every stored event's transaction, and the store's key
-    // (`hash_prefix`) is what the migration computes for the event log it backfills from.
-    let migration = include_str!("../../migrations/2026-12-10-000001_event_transactions/up.sql");
-    let key_sql = "('x' || substr(transaction_hash, 3, 16))::bit(64)::bigint";
-    assert!(
-        migration.contains(key_sql),
-        "the migration computes the key so"
-    );
+    // (`hash_prefix`, written with the events) is what `HASH_PREFIX_SQL` computes for the
+    // events stored before the table existed. Then the same from the writer-side backfill alone.
+    let key_sql = store::tables::HASH_PREFIX_SQL;
     let union: Vec<String> = load::EVENT_LOG
         .iter()
         .map(|t| format!("SELECT DISTINCT {key_sql} AS k FROM {t}"))
@@ -205,18 +201,53 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let Count { n: unmatched } = diesel::sql_query(format!(
+    let unmatched = format!(
         "SELECT count(*) AS n FROM ({}) e FULL JOIN event_transactions t ON t.hash_prefix = e.k \
          WHERE t.hash_prefix IS NULL OR e.k IS NULL",
         union.join(" UNION ")
-    ))
-    .get_result(&mut conn)
-    .await
-    .expect("event_transactions against the event log");
+    );
+    let Count { n } = diesel::sql_query(&unmatched)
+        .get_result(&mut conn)
+        .await
+        .expect("event_transactions against the event log");
     assert_eq!(
-        unmatched, 0,
+        n, 0,
         "event_transactions keys = the event log's transactions"
     );
+    let lease = store::lease::acquire(
+        &mut conn,
+        "columns",
+        "test",
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("lease")
+    .expect("a free lease");
+    diesel::sql_query("DELETE FROM event_transactions")
+        .execute(&mut conn)
+        .await
+        .expect("empty event_transactions");
+    let added = store::prior::backfill_transaction_keys(&mut conn, &lease)
+        .await
+        .expect("backfill");
+    let transactions: BTreeSet<_> = events.iter().map(|e| e.meta.transaction_hash).collect();
+    assert_eq!(
+        added,
+        Some(transactions.len()),
+        "one key per stored transaction"
+    );
+    let Count { n } = diesel::sql_query(&unmatched)
+        .get_result(&mut conn)
+        .await
+        .expect("event_transactions against the event log");
+    assert_eq!(
+        n, 0,
+        "the backfill adds the key of every stored transaction"
+    );
+    let again = store::prior::backfill_transaction_keys(&mut conn, &lease)
+        .await
+        .expect("backfill");
+    assert_eq!(again, None, "the backfill runs once");
     let Count { n: negative } =
         diesel::sql_query("SELECT count(*) AS n FROM event_transactions WHERE hash_prefix < 0")
             .get_result(&mut conn)

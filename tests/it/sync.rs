@@ -104,6 +104,61 @@ async fn republished_stream_and_restart_change_nothing() {
         .await;
 }
 
+/// A database upgraded from a version before `event_transactions`: its events have no keys there
+/// until the first writer adds them, and a redelivery of every event must still change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_before_event_transactions_stay_duplicates_after_the_upgrade() {
+    use diesel_async::RunQueryDsl;
+    let env = TestEnv::new("keys_upgrade").await;
+    let lines = fixture_lines(SMALL_FIXTURE);
+    env.publish(&lines, &PublishOptions::default()).await;
+    let sync = InProcess::start(env.settings(2, 200));
+    env.wait_drained(Duration::from_secs(120)).await;
+    sync.stop().await;
+    // As the migration leaves a database written by an older version.
+    let mut conn = env.pg().await;
+    for sql in [
+        "DELETE FROM event_transactions",
+        "INSERT INTO event_transactions_backfill (pending) VALUES (true) ON CONFLICT DO NOTHING",
+    ] {
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    env.publish(
+        &lines,
+        &PublishOptions {
+            shuffle: true,
+            duplicate_share: 0.0,
+            seed: 9,
+        },
+    )
+    .await;
+    let sync = InProcess::start(env.settings(2, 200));
+    env.wait_drained(Duration::from_secs(120)).await;
+    let stats = sync.stats.clone();
+    sync.stop().await;
+    assert_eq!(
+        stats.health.metrics.events_new(),
+        0,
+        "nothing new the second time"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM dead_letters").await,
+        0,
+        "no redelivery refused"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM event_transactions_backfill")
+            .await,
+        0,
+        "the keys were added once"
+    );
+    env.assert_base_tables(&expected_tables(SMALL_FIXTURE))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_worker_counts_give_identical_tables() {
     let text = generated_fixture(6_000, 21);

@@ -164,9 +164,12 @@ pub const TRANSACTIONS: &str = "event_transactions";
 /// [`TRANSACTIONS`]' one column, its key.
 pub const TRANSACTION_KEY: &[&str] = &["hash_prefix"];
 
+/// [`hash_prefix`] in SQL, of an event table's `transaction_hash` (`0x` + 64 lowercase hex
+/// digits): how the keys of events stored before the table existed are computed.
+pub const HASH_PREFIX_SQL: &str = "('x' || substr(transaction_hash, 3, 16))::bit(64)::bigint";
+
 /// A transaction's key in [`TRANSACTIONS`]: the first 8 bytes of its hash, big-endian, as a
-/// signed integer — what the migration computes from the stored text with
-/// `('x' || substr(transaction_hash, 3, 16))::bit(64)::bigint`.
+/// signed integer — what [`HASH_PREFIX_SQL`] computes from the stored text.
 pub fn hash_prefix(hash: &TxHash) -> i64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash.0[..8]);

@@ -8,6 +8,6 @@ pub mod derived;
 pub mod events;
 
 pub use events::{
-    hash_prefix, EventTable, Param, Stored, EVENT_LOG, EVENT_TABLES, MAX_READ_PARAMS, META,
-    TRANSACTIONS, TRANSACTION_KEY,
+    hash_prefix, EventTable, Param, Stored, EVENT_LOG, EVENT_TABLES, HASH_PREFIX_SQL,
+    MAX_READ_PARAMS, META, TRANSACTIONS, TRANSACTION_KEY,
 };
