@@ -232,7 +232,7 @@ pub async fn backfill_transaction_keys(
         let cleared = diesel::sql_query("DELETE FROM event_transactions_backfill")
             .execute(conn)
             .await
-            .context("reading table event_transactions_backfill")?;
+            .context("clearing table event_transactions_backfill")?;
         if cleared == 0 {
             return Ok(None);
         }
