@@ -291,6 +291,22 @@ pub fn dedup_transaction_keys(sets: &mut [RowSet]) {
     }
 }
 
+/// Moves the `event_transactions` keys of `from` (a batch's generic row sets) into `into` (its
+/// core row sets), de-duplicated: one key statement per batch, on the commit's serial path,
+/// instead of one per group. A key of a generic event PostgreSQL then refuses stays, as the
+/// table allows.
+pub fn move_transaction_keys(from: &mut Vec<RowSet>, into: &mut Vec<RowSet>) {
+    let Some(at) = from.iter().position(|s| s.table == TRANSACTIONS) else {
+        return;
+    };
+    let keys = from.remove(at);
+    match into.iter_mut().find(|s| s.table == TRANSACTIONS) {
+        Some(existing) => existing.append(keys),
+        None => into.push(keys),
+    }
+    dedup_transaction_keys(into);
+}
+
 enum Value {
     T(String),
     N(PgNumeric),

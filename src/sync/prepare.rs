@@ -20,7 +20,7 @@ use crate::domain::{BaseRows, Event};
 use crate::ingest::decode::{decode_envelope, Envelope, ReorgNotice};
 use crate::ingest::stream::{self, DeadLetter, Entry};
 use crate::store::dead_letters::WHOLE_ENTRY;
-use crate::store::event_rows::event_rows;
+use crate::store::event_rows::{event_rows, move_transaction_keys};
 use crate::store::{BatchWrite, StreamProgress};
 
 /// `(stream, entry id)`.
@@ -210,10 +210,12 @@ pub fn prepare(
         shards.seed(stored, rows);
     }
     let folded = shards.fold(events);
-    let generic_rows = event_rows(&folded.generic);
+    let mut generic_rows = event_rows(&folded.generic);
+    let mut rows = folded.rows;
+    move_transaction_keys(&mut generic_rows, &mut rows);
     let batch = Prepared {
         write: BatchWrite {
-            rows: folded.rows,
+            rows,
             generic: folded.generic,
             generic_rows,
             dead_letters,

@@ -196,22 +196,14 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
         .iter()
         .map(|t| format!("SELECT DISTINCT {key_sql} AS k FROM {t}"))
         .collect();
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let unmatched = format!(
         "SELECT count(*) AS n FROM ({}) e FULL JOIN event_transactions t ON t.hash_prefix = e.k \
          WHERE t.hash_prefix IS NULL OR e.k IS NULL",
         union.join(" UNION ")
     );
-    let Count { n } = diesel::sql_query(&unmatched)
-        .get_result(&mut conn)
-        .await
-        .expect("event_transactions against the event log");
     assert_eq!(
-        n, 0,
+        count(&mut conn, &unmatched).await,
+        0,
         "event_transactions keys = the event log's transactions"
     );
     let lease = store::lease::acquire(
@@ -236,22 +228,33 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
         Some(transactions.len()),
         "one key per stored transaction"
     );
-    let Count { n } = diesel::sql_query(&unmatched)
-        .get_result(&mut conn)
-        .await
-        .expect("event_transactions against the event log");
     assert_eq!(
-        n, 0,
+        count(&mut conn, &unmatched).await,
+        0,
         "the backfill adds the key of every stored transaction"
     );
     let again = store::prior::backfill_transaction_keys(&mut conn, &lease)
         .await
         .expect("backfill");
     assert_eq!(again, None, "the backfill runs once");
-    let Count { n: negative } =
-        diesel::sql_query("SELECT count(*) AS n FROM event_transactions WHERE hash_prefix < 0")
-            .get_result(&mut conn)
-            .await
-            .expect("negative keys");
+    let negative = count(
+        &mut conn,
+        "SELECT count(*) AS n FROM event_transactions WHERE hash_prefix < 0",
+    )
+    .await;
     assert!(negative > 0, "hashes with the high bit set are among them");
+}
+
+/// The one `n` an SQL count gives.
+async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let Count { n } = diesel::sql_query(sql)
+        .get_result(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    n
 }
