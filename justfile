@@ -45,6 +45,11 @@ bench-scale EVENTS="200000":
     test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
     cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode scale --runs 3 --log-level warn
 
+# The insert rate the event log's primary key alone allows at each history size, without the
+# service (issue 14): just bench-pk-floor 10000000 (KEY text or bytea)
+bench-pk-floor ROWS="10000000" KEY="text":
+    benches/pk-floor.sh {{ROWS}} {{KEY}}
+
 # Decode + fold in memory on a large fixture (median of 3 runs).
 bench-fold-large EVENTS="1000000":
     test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
