@@ -161,6 +161,14 @@ pub struct SyncReport {
     /// Analytics transactions committed (`analytics_batches_total`): one per consumer batch,
     /// more when a refused batch was narrowed down.
     pub analytics_batches: u64,
+    /// The server's buffer cache and WAL settings, and the event log's index size after the run.
+    pub postgres: store::measure::BufferCache,
+}
+
+/// [`store::measure::buffer_cache`] of the database at `database_url`.
+async fn buffer_cache(database_url: &str) -> anyhow::Result<store::measure::BufferCache> {
+    let mut conn = store::connect::connect(database_url).await?;
+    store::measure::buffer_cache(&mut conn).await
 }
 
 /// Runs the full pipeline on `lines`; `progress(acked_entries, total_entries)` is called while
@@ -232,6 +240,7 @@ pub async fn sync(
 
     let rows = store::measure::row_counts(&database_url).await?;
     let (copy_rows, copy_seconds) = store::measure::copy_rate(&database_url).await?;
+    let postgres = buffer_cache(&database_url).await?;
     let report = SyncReport {
         database: name.clone(),
         stream: input.clone(),
@@ -256,6 +265,7 @@ pub async fn sync(
             0.0
         },
         analytics_batches: analytics_stats.health.metrics.analytics_batches.get(),
+        postgres,
     };
     if !opts.keep {
         drop_everything(

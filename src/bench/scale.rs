@@ -40,6 +40,8 @@ pub struct ScaleReport {
     pub events_reorged: u64,
     /// Pipeline restarts after failures during the run (0 in a clean measurement).
     pub failure_restarts: u64,
+    /// The server's buffer cache and WAL settings, and the event log's index size after the run.
+    pub postgres: store::measure::BufferCache,
 }
 
 /// The highest block number of a fixture's lines (the envelope's `block_number`, or else its
@@ -178,6 +180,7 @@ pub async fn scale(
         let events_reorged = second.stats.health.metrics.reorg_events_moved.get();
         failures += second.stats.health.metrics.restarts("sync");
         second.stop().await?;
+        let postgres = buffer_cache(&database_url).await?;
         Ok::<_, anyhow::Error>(ScaleReport {
             database: name.clone(),
             stream: input.clone(),
@@ -196,6 +199,7 @@ pub async fn scale(
             reorg_peak_memory_bytes: reorg_peak,
             events_reorged,
             failure_restarts: failures,
+            postgres,
         })
     }
     .await;

@@ -290,6 +290,7 @@ fn print_sync(runs: &[SyncReport], median: f64) {
         r0.analytics_batches,
         r0.analytics_rows_per_second
     );
+    println!("PostgreSQL: {}", r0.postgres.describe());
     println!(
         "rows written: {}",
         r0.rows
@@ -350,6 +351,7 @@ fn print_scale(runs: &[ScaleReport], m: &ScaleMedians) {
             ""
         );
     }
+    println!("PostgreSQL: {}", r0.postgres.describe());
     println!(
         "RSS when the restart began (start peak counts from it): {}",
         runs.iter()

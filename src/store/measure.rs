@@ -1,6 +1,7 @@
 //! What `bench` and `status` read off a database besides the service's own tables' rows: row
 //! counts, the outbox's length, the raw COPY rate of the event log (the speed limit of writing
-//! these rows into this server), the consumer progress, and dropping a bench database.
+//! these rows into this server), the consumer progress, the server settings that decide how fast
+//! the event log grows (`BufferCache`), and dropping a bench database.
 
 use std::time::Instant;
 
@@ -128,6 +129,102 @@ pub async fn unpublished_batches(conn: &mut AsyncPgConnection) -> anyhow::Result
     Ok(count.n)
 }
 
+/// The server's buffer cache against what a batch writes into at random pages: the event log's
+/// indexes (its primary keys are random transaction hashes, so once they outgrow
+/// `shared_buffers` most index inserts read a page from outside it), and the WAL settings that
+/// decide how often a changed page is written to the WAL whole again. Printed by `bench`, checked
+/// at `sync` start ([`BufferCache::advice`]).
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct BufferCache {
+    /// `shared_buffers` in bytes.
+    #[diesel(sql_type = BigInt)]
+    pub shared_buffers: i64,
+    /// The indexes of the event tables and of `event_transactions`, in bytes.
+    #[diesel(sql_type = BigInt)]
+    pub event_log_indexes: i64,
+    /// `max_wal_size` as the server prints it (e.g. `1GB`).
+    #[diesel(sql_type = Text)]
+    pub max_wal_size: String,
+    /// `checkpoint_timeout` as the server prints it (e.g. `5min`).
+    #[diesel(sql_type = Text)]
+    pub checkpoint_timeout: String,
+}
+
+impl BufferCache {
+    /// A warning when the event log's indexes no longer fit in `shared_buffers`, naming the
+    /// setting and both sizes; `None` while they fit.
+    pub fn advice(&self) -> Option<String> {
+        (self.event_log_indexes > self.shared_buffers).then(|| {
+            format!(
+                "shared_buffers ({}) is smaller than the event log's indexes ({}): most index \
+                 inserts of a batch read a page from outside the buffer cache, so a catching-up \
+                 sync slows down as the history grows; a shared_buffers above the indexes' size \
+                 and checkpoints further apart (max_wal_size {}, checkpoint_timeout {} now) \
+                 speed it up (README, Benchmarks: Postgres tuning)",
+                mib(self.shared_buffers),
+                mib(self.event_log_indexes),
+                self.max_wal_size,
+                self.checkpoint_timeout,
+            )
+        })
+    }
+
+    /// One line for a report: the three settings and the indexes' size.
+    pub fn describe(&self) -> String {
+        format!(
+            "shared_buffers {}, max_wal_size {}, checkpoint_timeout {}; event-log indexes {}",
+            mib(self.shared_buffers),
+            self.max_wal_size,
+            self.checkpoint_timeout,
+            mib(self.event_log_indexes),
+        )
+    }
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{} MiB", bytes / (1024 * 1024))
+}
+
+/// The [`BufferCache`] figures of the database `conn` is connected to (catalog reads only).
+pub async fn buffer_cache(conn: &mut AsyncPgConnection) -> anyhow::Result<BufferCache> {
+    let tables: Vec<String> = EVENT_LOG
+        .iter()
+        .chain(std::iter::once(&super::tables::events::TRANSACTIONS))
+        .map(|t| t.to_string())
+        .collect();
+    diesel::sql_query(
+        "SELECT pg_size_bytes(current_setting('shared_buffers')) AS shared_buffers, \
+                (SELECT COALESCE(sum(pg_indexes_size(c.oid)), 0)::bigint FROM pg_class c \
+                  WHERE c.oid IN (SELECT to_regclass(t) FROM UNNEST($1::text[]) AS t)) \
+                  AS event_log_indexes, \
+                current_setting('max_wal_size') AS max_wal_size, \
+                current_setting('checkpoint_timeout') AS checkpoint_timeout",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&tables)
+    .get_result(conn)
+    .await
+    .context("reading shared_buffers and the size of the event log's indexes")
+}
+
+/// Logs [`BufferCache::advice`] once at start (WARN), or, while the indexes fit, the figures at
+/// DEBUG. Advisory only: a failure to read them is logged and changes nothing.
+pub async fn advise_on_buffer_cache(url: &str) {
+    let read = async {
+        let mut conn = super::connect::connect(url).await?;
+        buffer_cache(&mut conn).await
+    };
+    match read.await {
+        Ok(cache) => match cache.advice() {
+            Some(advice) => tracing::warn!("{advice}"),
+            None => tracing::debug!(settings = cache.describe(), "buffer cache"),
+        },
+        Err(e) => tracing::debug!(
+            error = format!("{e:#}"),
+            "cannot read shared_buffers and the event log's index sizes"
+        ),
+    }
+}
+
 /// Whether the server at `url` answers a query.
 pub async fn ping(url: &str) -> bool {
     let Ok(mut conn) = super::connect::connect(url).await else {
@@ -137,4 +234,37 @@ pub async fn ping(url: &str) -> bool {
         .execute(&mut conn)
         .await
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BufferCache;
+
+    fn cache(shared_buffers: i64, event_log_indexes: i64) -> BufferCache {
+        BufferCache {
+            shared_buffers,
+            event_log_indexes,
+            max_wal_size: "1GB".into(),
+            checkpoint_timeout: "5min".into(),
+        }
+    }
+
+    #[test]
+    fn advice_names_the_setting_and_both_sizes_once_the_indexes_outgrow_the_cache() {
+        const MIB: i64 = 1024 * 1024;
+        assert_eq!(cache(128 * MIB, 128 * MIB).advice(), None);
+        let advice = cache(128 * MIB, 2_400 * MIB)
+            .advice()
+            .expect("indexes exceed the cache");
+        assert!(
+            advice.starts_with(
+                "shared_buffers (128 MiB) is smaller than the event log's indexes (2400 MiB)"
+            ),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("max_wal_size 1GB, checkpoint_timeout 5min"),
+            "{advice}"
+        );
+    }
 }

@@ -67,6 +67,7 @@ pub async fn service(
     if !applied.is_empty() {
         tracing::info!(migrations = ?applied, "applied migrations");
     }
+    store::measure::advise_on_buffer_cache(url).await;
     check_redis(&settings.connections).await?;
     let stop_rx = crate::health::stop_flag(shutdown);
     let stopped = crate::health::stopped;

@@ -243,6 +243,24 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
     )
     .await;
     assert!(negative > 0, "hashes with the high bit set are among them");
+
+    // What `sync` start and `bench` read of the buffer cache: the event log's indexes, summed
+    // here through `pg_index` instead of `pg_indexes_size`.
+    let cache = store::measure::buffer_cache(&mut conn)
+        .await
+        .expect("buffer cache");
+    let indexes = count(
+        &mut conn,
+        "SELECT sum(pg_relation_size(indexrelid))::bigint AS n FROM pg_index WHERE indrelid IN \
+         ('atom_created_events'::regclass, 'triple_created_events'::regclass, \
+          'deposited_events'::regclass, 'redeemed_events'::regclass, \
+          'share_price_changed_events'::regclass, 'generic_events'::regclass, \
+          'event_transactions'::regclass)",
+    )
+    .await;
+    assert_eq!(cache.event_log_indexes, indexes);
+    assert!(cache.shared_buffers > 0 && indexes > 0, "{cache:?}");
+    assert_eq!(cache.advice().is_some(), indexes > cache.shared_buffers);
 }
 
 /// The one `n` an SQL count gives.
