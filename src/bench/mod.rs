@@ -165,12 +165,6 @@ pub struct SyncReport {
     pub postgres: store::measure::BufferCache,
 }
 
-/// [`store::measure::buffer_cache`] of the database at `database_url`.
-async fn buffer_cache(database_url: &str) -> anyhow::Result<store::measure::BufferCache> {
-    let mut conn = store::connect::connect(database_url).await?;
-    store::measure::buffer_cache(&mut conn).await
-}
-
 /// Runs the full pipeline on `lines`; `progress(acked_entries, total_entries)` is called while
 /// it runs.
 pub async fn sync(
@@ -240,7 +234,7 @@ pub async fn sync(
 
     let rows = store::measure::row_counts(&database_url).await?;
     let (copy_rows, copy_seconds) = store::measure::copy_rate(&database_url).await?;
-    let postgres = buffer_cache(&database_url).await?;
+    let postgres = store::measure::read_buffer_cache(&database_url).await?;
     let report = SyncReport {
         database: name.clone(),
         stream: input.clone(),

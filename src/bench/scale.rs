@@ -180,7 +180,7 @@ pub async fn scale(
         let events_reorged = second.stats.health.metrics.reorg_events_moved.get();
         failures += second.stats.health.metrics.restarts("sync");
         second.stop().await?;
-        let postgres = buffer_cache(&database_url).await?;
+        let postgres = store::measure::read_buffer_cache(&database_url).await?;
         Ok::<_, anyhow::Error>(ScaleReport {
             database: name.clone(),
             stream: input.clone(),

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use redis_postgres_sync::bench::{self, FoldReport, ScaleReport, SyncBenchOptions, SyncReport};
 use redis_postgres_sync::ingest::publish::PublishOptions;
+use redis_postgres_sync::store::measure::mib;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -211,10 +212,6 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn print_fold(runs: &[FoldReport], median: f64) {

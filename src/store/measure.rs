@@ -181,8 +181,10 @@ impl BufferCache {
     }
 }
 
-fn mib(bytes: i64) -> String {
-    format!("{} MiB", bytes / (1024 * 1024))
+/// `bytes` in whole MiB, as `bench` and the buffer-cache advice print sizes (negative as 0).
+pub fn mib(bytes: impl TryInto<u64>) -> String {
+    let bytes = bytes.try_into().unwrap_or(0);
+    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// The [`BufferCache`] figures of the database `conn` is connected to (catalog reads only).
@@ -194,9 +196,8 @@ pub async fn buffer_cache(conn: &mut AsyncPgConnection) -> anyhow::Result<Buffer
         .collect();
     diesel::sql_query(
         "SELECT pg_size_bytes(current_setting('shared_buffers')) AS shared_buffers, \
-                (SELECT COALESCE(sum(pg_indexes_size(c.oid)), 0)::bigint FROM pg_class c \
-                  WHERE c.oid IN (SELECT to_regclass(t) FROM UNNEST($1::text[]) AS t)) \
-                  AS event_log_indexes, \
+                (SELECT COALESCE(sum(pg_indexes_size(to_regclass(t))), 0)::bigint \
+                  FROM UNNEST($1::text[]) AS t) AS event_log_indexes, \
                 current_setting('max_wal_size') AS max_wal_size, \
                 current_setting('checkpoint_timeout') AS checkpoint_timeout",
     )
@@ -206,14 +207,16 @@ pub async fn buffer_cache(conn: &mut AsyncPgConnection) -> anyhow::Result<Buffer
     .context("reading shared_buffers and the size of the event log's indexes")
 }
 
+/// [`buffer_cache`] of the database at `database_url`.
+pub async fn read_buffer_cache(database_url: &str) -> anyhow::Result<BufferCache> {
+    let mut conn = super::connect::connect(database_url).await?;
+    buffer_cache(&mut conn).await
+}
+
 /// Logs [`BufferCache::advice`] once at start (WARN), or, while the indexes fit, the figures at
 /// DEBUG. Advisory only: a failure to read them is logged and changes nothing.
 pub async fn advise_on_buffer_cache(url: &str) {
-    let read = async {
-        let mut conn = super::connect::connect(url).await?;
-        buffer_cache(&mut conn).await
-    };
-    match read.await {
+    match read_buffer_cache(url).await {
         Ok(cache) => match cache.advice() {
             Some(advice) => tracing::warn!("{advice}"),
             None => tracing::debug!(settings = cache.describe(), "buffer cache"),
