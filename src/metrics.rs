@@ -154,7 +154,7 @@ impl Default for Metrics {
         );
         registry.register(
             "database_write_duration_seconds",
-            "Time to commit one batch transaction (event log, base rows, progress, outbox)",
+            "Time from beginning a batch transaction (event log, base rows, progress, outbox) to its commit, the wait for the batch before it included",
             m.database_write_duration_seconds.clone(),
         );
         registry.register(

@@ -199,6 +199,62 @@ pub async fn commit(
     .await
 }
 
+/// The batch that committed just before this one failed: this one, folded on top of it, must not
+/// commit (it was rolled back).
+#[derive(Debug, thiserror::Error)]
+#[error("the batch before this one did not commit; this one was rolled back unwritten")]
+pub struct PredecessorFailed;
+
+/// Whether a row set is one of the event tables: rows whose keys (the identities the batch
+/// admitted as new) no other batch in flight writes, so they may be written before the batch
+/// before has committed without ever waiting on it. Not `event_transactions`: consecutive
+/// batches share transactions, so their keys are written only after the predecessor committed
+/// (else each of two batches could wait on the other's key, one in PostgreSQL and one here).
+fn is_event_table(rows: &RowSet) -> bool {
+    tables::events::EVENT_LOG.contains(&rows.table)
+}
+
+/// [`commit`], begun while the batch before it (`predecessor`) is still committing, so the two
+/// transactions use both of PostgreSQL's cores: the event-table rows first (new identities
+/// only, which no other batch writes), then wait for `predecessor` — `true` once it has
+/// committed — and only then the fence, `event_transactions`, the base rows (folded on top of
+/// the predecessor's), progress, outbox and COMMIT. So batches still commit in order, one after
+/// another; a predecessor that fails, or has not committed within `timeout` of this batch's
+/// first half (a wait this batch's locks might be part of), rolls this one back with
+/// [`PredecessorFailed`]. `timeout` bounds each half and the wait.
+pub async fn commit_after(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    batch: &BatchWrite,
+    lease: &lease::Lease,
+    predecessor: impl std::future::Future<Output = bool> + Send,
+    timeout: Duration,
+) -> anyhow::Result<Committed> {
+    const TIMED_OUT: &str = "batch commit timed out (PROCESSING_TIMEOUT_MS)";
+    conn.transaction(async |conn| {
+        let all = || batch.rows.iter().chain(&batch.generic_rows);
+        let events = all().filter(|r| is_event_table(r));
+        tokio::time::timeout(timeout, write_pipelined(conn, events))
+            .await
+            .context(TIMED_OUT)??;
+        let committed = tokio::time::timeout(timeout, predecessor).await;
+        if !committed.unwrap_or(false) {
+            return Err(PredecessorFailed.into());
+        }
+        let rest = all().filter(|r| !is_event_table(r));
+        let rest = async {
+            lease::fence(conn, lease).await?;
+            write_pipelined(conn, rest).await?;
+            withdraw_moved_triples(conn, batch).await?;
+            finish(conn, group, batch, batch.dead_letters.clone(), lease).await
+        };
+        tokio::time::timeout(timeout, rest)
+            .await
+            .context(TIMED_OUT)?
+    })
+    .await
+}
+
 /// Commits a batch that [`commit`] saw refused: the core rows first (a refusal of those fails the
 /// whole batch again), then the generic events by bisection, each attempt under a savepoint, so
 /// exactly the events PostgreSQL refuses are left out and dead-lettered (`letter_for` makes the

@@ -37,8 +37,9 @@ pub(super) async fn pipeline(
     quarantine: &Arc<Mutex<Quarantine>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Ended> {
-    // The schema was migrated once, at process start (`service`).
-    let pool = store::pool(&settings.connections.database_url, 3).await?;
+    // The schema was migrated once, at process start (`service`). Five connections: two batch
+    // transactions in flight (`Writer`), the reader's loads, the heartbeat, the outbox's mark.
+    let pool = store::pool(&settings.connections.database_url, 5).await?;
     // One writer per group: wait as a standby until the lease is ours. The cache starts empty, so
     // whatever the previous holder committed is read from Postgres by the batches that need it.
     let Some(lease) = standby_until_leased(&pool, settings, consumer, stats, &mut stop).await?

@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::prepare::{note_progress, EntryKey, Prepared, Quarantine, ReorgWork};
 use super::SyncStats;
@@ -74,15 +75,97 @@ pub struct Writer {
     pub quarantine: Arc<Mutex<Quarantine>>,
 }
 
+/// A batch whose transaction runs on a task of its own (`store::commit_after`), so that it
+/// writes its event-log rows while the batch before it commits.
+struct InFlight {
+    batch: Arc<Prepared>,
+    started: Instant,
+    task: JoinHandle<anyhow::Result<Committed>>,
+    /// Resolves once this batch has committed: the gate of the batch after it.
+    committed: Option<oneshot::Receiver<()>>,
+}
+
+/// What the writer loop waits for.
+#[allow(clippy::large_enum_variant)] // one per turn of the loop, matched at once
+enum Next {
+    Work(Option<Work>),
+    Done(Result<anyhow::Result<Committed>, tokio::task::JoinError>),
+}
+
 impl Writer {
     pub async fn run(self, mut rx: mpsc::Receiver<Work>) -> anyhow::Result<()> {
         // Dead letters recorded before a crash but not yet published.
         self.publish_dead_letters().await?;
+        let mut in_flight = None;
+        let result = self.run_loop(&mut rx, &mut in_flight).await;
+        // Never return while a batch transaction may still commit: the next pipeline starts from
+        // what is committed, with nothing of this one still writing.
+        if let Some(f) = in_flight.take() {
+            let _ = f.task.await;
+        }
+        result
+    }
+
+    /// Batches commit in order, two at a time at most: batch N+1's transaction begins (and
+    /// writes its event-log rows) while batch N commits, and commits only after N has. Any
+    /// failure of an overlapped commit falls back to committing again one batch at a time
+    /// (`write_batch`: retries, isolation of refused events).
+    async fn run_loop(
+        &self,
+        rx: &mut mpsc::Receiver<Work>,
+        in_flight: &mut Option<InFlight>,
+    ) -> anyhow::Result<()> {
         let mut last_trim = Instant::now();
-        while let Some(work) = rx.recv().await {
-            match work {
-                Work::Batch(p) => self.write_batch(p).await?,
-                Work::Reorg(r) => self.apply_reorg(r).await?,
+        loop {
+            let next = match in_flight.as_mut() {
+                Some(f) => tokio::select! {
+                    work = rx.recv() => Next::Work(work),
+                    done = &mut f.task => Next::Done(done),
+                },
+                None => Next::Work(rx.recv().await),
+            };
+            match next {
+                Next::Done(done) => {
+                    let f = in_flight.take().expect("a batch was in flight");
+                    self.settle(&f.batch, f.started, done).await?;
+                }
+                Next::Work(None) => {
+                    if let Some(f) = in_flight.take() {
+                        let done = f.task.await;
+                        self.settle(&f.batch, f.started, done).await?;
+                    }
+                    return Ok(());
+                }
+                Next::Work(Some(Work::Batch(p))) => {
+                    let mut previous = in_flight.take();
+                    let gate = previous.as_mut().and_then(|f| f.committed.take());
+                    let next = self.spawn_commit(Arc::new(p), gate);
+                    match previous {
+                        None => *in_flight = Some(next),
+                        Some(f) => match f.task.await {
+                            Ok(Ok(committed)) => {
+                                *in_flight = Some(next);
+                                self.after_commit(&f.batch, committed, f.started).await?;
+                            }
+                            failed => {
+                                // `next` was folded on top of `f`: its gate never opens, so it
+                                // rolls back; then both commit again, one after the other.
+                                log_overlap_failure(&failed);
+                                let _ = next.task.await;
+                                self.write_batch(&f.batch).await?;
+                                self.write_batch(&next.batch).await?;
+                            }
+                        },
+                    }
+                }
+                Next::Work(Some(Work::Reorg(r))) => {
+                    // Every earlier batch commits before the reorg is applied.
+                    if let Some(f) = in_flight.take() {
+                        let done = f.task.await;
+                        self.settle(&f.batch, f.started, done).await?;
+                    }
+                    self.apply_reorg(r).await?;
+                }
             }
             // INPUT_RETENTION=acked: at most once a second while batches queue up, and whenever
             // the writer has caught up with the reader.
@@ -93,7 +176,55 @@ impl Writer {
                 last_trim = Instant::now();
             }
         }
-        Ok(())
+    }
+
+    /// Starts a batch's transaction on a task of its own; `after` is the gate of the batch
+    /// before it (none when that one has committed already).
+    fn spawn_commit(&self, batch: Arc<Prepared>, after: Option<oneshot::Receiver<()>>) -> InFlight {
+        let (committed_tx, committed_rx) = oneshot::channel();
+        let pool = self.pool.clone();
+        let lease = self.lease.clone();
+        let group = self.settings.consumer_group.clone();
+        let timeout = self.settings.processing_timeout();
+        let b = batch.clone();
+        let task = tokio::spawn(async move {
+            let mut conn = pool.get().await.context("taking a database connection")?;
+            // The predecessor's task drops its sender unsent when it fails.
+            let predecessor = async move {
+                match after {
+                    None => true,
+                    Some(gate) => gate.await.is_ok(),
+                }
+            };
+            let committed =
+                store::commit_after(&mut conn, &group, &b.write, &lease, predecessor, timeout)
+                    .await?;
+            let _ = committed_tx.send(());
+            Ok(committed)
+        });
+        InFlight {
+            batch,
+            started: Instant::now(),
+            task,
+            committed: Some(committed_rx),
+        }
+    }
+
+    /// The end of a batch that had no successor in flight: its commit, or (if that failed) the
+    /// batch committed again on its own.
+    async fn settle(
+        &self,
+        p: &Prepared,
+        started: Instant,
+        done: Result<anyhow::Result<Committed>, tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        match done {
+            Ok(Ok(committed)) => self.after_commit(p, committed, started).await,
+            failed => {
+                log_overlap_failure(&failed);
+                self.write_batch(p).await
+            }
+        }
     }
 
     /// Trims acknowledged entries of the input streams. A failure is logged, not fatal: the next
@@ -120,10 +251,21 @@ impl Writer {
         }
     }
 
-    /// Commits a batch, publishes its term updates and dead letters, acknowledges it.
-    async fn write_batch(&self, p: Prepared) -> anyhow::Result<()> {
+    /// Commits a batch on its own (retrying, isolating refused events), then settles it.
+    async fn write_batch(&self, p: &Prepared) -> anyhow::Result<()> {
         let started = Instant::now();
-        let committed = self.commit(&p).await?;
+        let committed = self.commit(p).await?;
+        self.after_commit(p, committed, started).await
+    }
+
+    /// After a batch has committed: publishes its term updates and dead letters, acknowledges
+    /// it, counts it.
+    async fn after_commit(
+        &self,
+        p: &Prepared,
+        committed: Committed,
+        started: Instant,
+    ) -> anyhow::Result<()> {
         self.committed
             .fetch_max(p.batch, std::sync::atomic::Ordering::Release);
         let commit_time = started.elapsed();
@@ -142,7 +284,7 @@ impl Writer {
             // The reader is gone only when the pipeline ends, and then it forgets everything.
             let _ = self.forget.send(forget);
         }
-        self.publish_outbox(&committed, &p).await?;
+        self.publish_outbox(&committed, p).await?;
         self.settle_dead_letters(&committed).await?;
         self.ack(&p.acks).await?;
         let m = &stats.health.metrics;
@@ -437,6 +579,22 @@ impl Writer {
         };
         self.settle_dead_letters(&committed).await?;
         self.ack(&[(r.stream.clone(), r.entry_id.clone())]).await
+    }
+}
+
+/// An overlapped commit that failed is committed again on its own, which logs what it meets; the
+/// first failure is logged here (a rolled-back successor is not a failure of its own).
+fn log_overlap_failure(failed: &Result<anyhow::Result<Committed>, tokio::task::JoinError>) {
+    match failed {
+        Ok(Err(e)) if e.is::<store::PredecessorFailed>() => {}
+        Ok(Err(e)) => tracing::warn!(
+            error = format!("{e:#}"),
+            "batch commit failed; committing it again on its own"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "the batch commit task failed; committing the batch again on its own")
+        }
+        Ok(Ok(_)) => {}
     }
 }
 

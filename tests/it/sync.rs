@@ -232,3 +232,177 @@ async fn killed_with_sigkill_three_times_mid_run_loses_and_doubles_nothing() {
         0
     );
 }
+
+/// The events stored in the event tables.
+const STORED_EVENTS: &str = "SELECT (SELECT count(*) FROM atom_created_events)
+    + (SELECT count(*) FROM triple_created_events) + (SELECT count(*) FROM deposited_events)
+    + (SELECT count(*) FROM redeemed_events) + (SELECT count(*) FROM share_price_changed_events)
+    + (SELECT count(*) FROM generic_events) AS n";
+
+/// A migrated database of its own and the writer lease of group `g` on it.
+async fn leased_env(label: &str) -> (TestEnv, redis_postgres_sync::store::lease::Lease) {
+    use redis_postgres_sync::store::{self, lease};
+    let env = TestEnv::new(label).await;
+    store::migrate(&env.database_url).await.expect("migrate");
+    let mut conn = env.pg().await;
+    let held = lease::acquire(&mut conn, "g", "writer", Duration::from_secs(60))
+        .await
+        .expect("acquire")
+        .expect("free lease");
+    (env, held)
+}
+
+/// Batch commits overlap (issue 14): a batch begun while the one before it commits
+/// (`store::commit_after`) writes its event-log rows at once but commits only after its
+/// predecessor has, and leaves no trace when the predecessor fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapped_batch_commits_only_after_the_batch_before_it() {
+    use redis_postgres_sync::store::{self, event_rows::event_rows, BatchWrite};
+    use redis_postgres_sync::store::{PredecessorFailed, StreamProgress};
+    let (env, held) = leased_env("overlap").await;
+    let mut conn = env.pg().await;
+    let events = events_of(&generated_fixture(60, 11));
+    let (first, second) = events.split_at(30);
+    let batch = |events: &[redis_postgres_sync::domain::Event], entry: &str| BatchWrite {
+        rows: event_rows(events),
+        progress: vec![StreamProgress {
+            stream: "s".into(),
+            last_entry_id: entry.into(),
+            entries: 1,
+        }],
+        ..BatchWrite::default()
+    };
+    const PROGRESS: &str = "SELECT count(*) AS n FROM sync_progress WHERE last_entry_id = ";
+
+    // The predecessor has not committed yet: nothing of this batch is visible.
+    let (open, gate) = tokio::sync::oneshot::channel::<bool>();
+    let (url, lease, first_batch) = (env.database_url.clone(), held.clone(), batch(first, "1-0"));
+    let task = tokio::spawn(async move {
+        let mut conn =
+            <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+                .await
+                .expect("connect");
+        let predecessor = async { gate.await.unwrap_or(false) };
+        store::commit_after(
+            &mut conn,
+            "g",
+            &first_batch,
+            &lease,
+            predecessor,
+            Duration::from_secs(30),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !task.is_finished(),
+        "a batch commits only after its predecessor"
+    );
+    assert_eq!(
+        env.count(STORED_EVENTS).await,
+        0,
+        "its event-log rows are not visible yet"
+    );
+    assert_eq!(env.count(&format!("{PROGRESS}'1-0'")).await, 0);
+    open.send(true).expect("the batch waits");
+    task.await
+        .expect("task")
+        .expect("commits once its predecessor has");
+    assert_eq!(env.count(STORED_EVENTS).await, first.len() as i64);
+    assert_eq!(env.count(&format!("{PROGRESS}'1-0'")).await, 1);
+
+    // A predecessor that failed: the batch rolls back whole.
+    let second_batch = batch(second, "2-0");
+    let failed = store::commit_after(
+        &mut conn,
+        "g",
+        &second_batch,
+        &held,
+        async { false },
+        Duration::from_secs(30),
+    )
+    .await
+    .expect_err("a batch whose predecessor failed does not commit");
+    assert!(failed.is::<PredecessorFailed>(), "{failed:#}");
+    assert_eq!(
+        env.count(STORED_EVENTS).await,
+        first.len() as i64,
+        "nothing of it stays"
+    );
+    assert_eq!(env.count(&format!("{PROGRESS}'2-0'")).await, 0);
+    // And the connection is usable again: the same batch commits once its predecessor has.
+    store::commit_after(
+        &mut conn,
+        "g",
+        &second_batch,
+        &held,
+        async { true },
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("commits");
+    assert_eq!(env.count(STORED_EVENTS).await, events.len() as i64);
+}
+
+/// The deadlock an overlapped batch must not make: consecutive batches share transactions, so a
+/// batch whose predecessor holds the uncommitted `event_transactions` key of one of its
+/// transactions writes its first half without waiting on it (that key comes after the gate),
+/// then commits once the predecessor has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapped_batch_does_not_wait_on_the_keys_its_predecessor_holds() {
+    use diesel_async::SimpleAsyncConnection;
+    use redis_postgres_sync::store::tables::events::hash_prefix;
+    use redis_postgres_sync::store::{self, event_rows::event_rows, BatchWrite};
+    let (env, held) = leased_env("overlapkeys").await;
+    let events = events_of(&generated_fixture(20, 12));
+    // The predecessor: a transaction holding the key of every transaction of the batch.
+    let mut predecessor = env.pg().await;
+    let keys: Vec<String> = events
+        .iter()
+        .map(|e| hash_prefix(&e.meta.transaction_hash).to_string())
+        .collect();
+    predecessor
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO event_transactions (hash_prefix) SELECT unnest('{{{}}}'::int8[]) ON CONFLICT DO NOTHING",
+            keys.join(",")
+        ))
+        .await
+        .expect("the predecessor's keys");
+    let (reached_tx, reached) = tokio::sync::oneshot::channel::<()>();
+    let (open, gate) = tokio::sync::oneshot::channel::<bool>();
+    let (url, write) = (
+        env.database_url.clone(),
+        BatchWrite {
+            rows: event_rows(&events),
+            ..BatchWrite::default()
+        },
+    );
+    let task = tokio::spawn(async move {
+        let mut conn =
+            <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+                .await
+                .expect("connect");
+        let after = async move {
+            let _ = reached_tx.send(());
+            gate.await.unwrap_or(false)
+        };
+        store::commit_after(
+            &mut conn,
+            "g",
+            &write,
+            &held,
+            after,
+            Duration::from_secs(60),
+        )
+        .await
+    });
+    tokio::time::timeout(Duration::from_secs(20), reached)
+        .await
+        .expect("the event-table rows are written while the predecessor holds its keys")
+        .expect("reached");
+    // The predecessor commits; the gate opens; the batch commits after it.
+    predecessor.batch_execute("COMMIT").await.expect("commit");
+    open.send(true).expect("the batch waits");
+    task.await.expect("task").expect("commits");
+    assert_eq!(env.count(STORED_EVENTS).await, events.len() as i64);
+}
