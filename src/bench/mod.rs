@@ -128,6 +128,8 @@ pub struct SyncBenchOptions {
     pub redis_url: String,
     pub redis_ca_cert: Option<std::path::PathBuf>,
     pub workers: u32,
+    /// `STATE_CACHE_KEYS` of the service under test.
+    pub state_cache_keys: u64,
     pub batch_size: u32,
     pub publish: PublishOptions,
     /// Keep the database and streams afterwards.
@@ -399,7 +401,7 @@ fn bench_settings(
         processing_timeout_ms: 60_000,
         max_retries: 3,
         lease_ttl_ms: 5_000,
-        state_cache_keys: 500_000,
+        state_cache_keys: opts.state_cache_keys,
         max_entry_bytes: 1 << 20,
         analytics: AnalyticsSettings {
             term_updates_stream: term_updates.to_owned(),

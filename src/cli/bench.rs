@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// WORKERS of the service under test.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
+    /// STATE_CACHE_KEYS of the service under test (`sync` and `scale` modes).
+    #[arg(long, default_value_t = redis_postgres_sync::config::DEFAULT_STATE_CACHE_KEYS, value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
+    pub state_cache_keys: u64,
     /// BATCH_SIZE of the service under test (entries per batch); in fold mode, events per
     /// analytics refresh.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -128,6 +131,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 redis_url: args.redis_url.clone(),
                 redis_ca_cert: args.redis_ca_cert.clone(),
                 workers: args.workers,
+                state_cache_keys: args.state_cache_keys,
                 batch_size: args.batch_size,
                 publish: PublishOptions {
                     shuffle: args.shuffle,

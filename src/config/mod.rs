@@ -9,6 +9,9 @@ use clap::Args;
 
 /// Default `DATABASE_URL`: the local server with trust auth, database `redis_postgres_sync`
 /// (created on first start if missing).
+/// `STATE_CACHE_KEYS` unless set: about 0.7 GiB of peak RSS with a 10 M-event history (README).
+pub const DEFAULT_STATE_CACHE_KEYS: u64 = 500_000;
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/redis_postgres_sync";
 /// Defaults shared by every subcommand that names them, so `status`, `dlq` or `publish` look at
 /// the streams and group that `sync` uses unless told otherwise.
@@ -129,7 +132,7 @@ pub struct SyncSettings {
     /// and read again from PostgreSQL when a batch needs them. Bounds the service's memory
     /// whatever the size of the history; see `state_cache_keys` and
     /// `state_cache_evicted_keys_total` in /metrics.
-    #[arg(long, env = "STATE_CACHE_KEYS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
+    #[arg(long, env = "STATE_CACHE_KEYS", default_value_t = DEFAULT_STATE_CACHE_KEYS, value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
     pub state_cache_keys: u64,
     #[command(flatten)]
     pub analytics: AnalyticsSettings,

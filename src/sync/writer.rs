@@ -1,6 +1,11 @@
 //! The writer task: commits each prepared batch in one transaction, then publishes its term
 //! updates and dead letters and acknowledges its entries; applies reorg notices.
 //!
+//! Batches commit in order, but two transactions overlap: batch N+1's begins on a task of its
+//! own and writes its event-table rows while N commits, then waits for N's commit before its
+//! fence, its base rows and its COMMIT (`store::commit_after`). A failure of either falls back
+//! to one batch at a time, as below; a reorg notice waits until every earlier batch committed.
+//!
 //! Failures are classified (`store::failure`). Transient ones are retried (`with_retries`), then
 //! fail the pipeline, which restarts after a back-off. A **refusal of the data** never does:
 //!
