@@ -3,10 +3,12 @@
 //!
 //! - `acquire` takes the lease when it is free or expired, bumping the token;
 //! - `renew` refreshes the heartbeat while the holder and token are unchanged;
-//! - `fence` does the same inside a batch transaction, as its first statement: the lease row is
-//!   then locked until commit, so a takeover waits for the batch, and a batch of a holder that
-//!   lost the lease fails before it writes anything. The batch fences again as its last
-//!   statement, so the heartbeat it commits is the time of its commit.
+//! - `fence` does the same inside a batch transaction, before its first base, progress or outbox
+//!   row (its first statement, but for an overlapped batch's event-table rows, which commit with
+//!   the rest or not at all): the lease row is then locked until commit, so a takeover waits for
+//!   the batch, and a batch of a holder that lost the lease fails before it commits anything.
+//!   The batch fences again as its last statement, so the heartbeat it commits is the time of
+//!   its commit.
 //!
 //! Every time is `clock_timestamp()`, the time of the statement, never `now()`, the start of its
 //! transaction: a standby whose takeover waited behind a long commit must compare the heartbeat

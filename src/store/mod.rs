@@ -221,7 +221,10 @@ fn is_event_table(rows: &RowSet) -> bool {
 /// the predecessor's), progress, outbox and COMMIT. So batches still commit in order, one after
 /// another; a predecessor that fails, or has not committed within `timeout` of this batch's
 /// first half (a wait this batch's locks might be part of), rolls this one back with
-/// [`PredecessorFailed`]. `timeout` bounds each half and the wait.
+/// [`PredecessorFailed`]. `timeout` bounds each half and the wait, and four times it the whole
+/// transaction, ROLLBACK included: that queues behind a statement still blocked on the server,
+/// so a timed-out half alone would not end the call. Dropped mid-transaction, the connection is
+/// discarded by the pool, as [`commit`]'s is under the writer's timeout.
 pub async fn commit_after(
     conn: &mut AsyncPgConnection,
     group: &str,
@@ -231,7 +234,7 @@ pub async fn commit_after(
     timeout: Duration,
 ) -> anyhow::Result<Committed> {
     const TIMED_OUT: &str = "batch commit timed out (PROCESSING_TIMEOUT_MS)";
-    conn.transaction(async |conn| {
+    let transaction = conn.transaction(async |conn| {
         let all = || batch.rows.iter().chain(&batch.generic_rows);
         let events = all().filter(|r| is_event_table(r));
         tokio::time::timeout(timeout, write_pipelined(conn, events))
@@ -251,8 +254,10 @@ pub async fn commit_after(
         tokio::time::timeout(timeout, rest)
             .await
             .context(TIMED_OUT)?
-    })
-    .await
+    });
+    tokio::time::timeout(timeout * 4, transaction)
+        .await
+        .context(TIMED_OUT)?
 }
 
 /// Commits a batch that [`commit`] saw refused: the core rows first (a refusal of those fails the

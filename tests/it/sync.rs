@@ -406,3 +406,39 @@ async fn an_overlapped_batch_does_not_wait_on_the_keys_its_predecessor_holds() {
     task.await.expect("task").expect("commits");
     assert_eq!(env.count(STORED_EVENTS).await, events.len() as i64);
 }
+
+/// An overlapped batch blocked on the server ends within its timeouts: the ROLLBACK after a
+/// timed-out half queues behind the blocked statement, so the whole transaction is bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapped_batch_blocked_on_the_server_times_out() {
+    use diesel_async::SimpleAsyncConnection;
+    use redis_postgres_sync::store::{self, event_rows::event_rows, BatchWrite};
+    let (env, held) = leased_env("overlapblocked").await;
+    let events = events_of(&generated_fixture(20, 13));
+    // Another session holds every event table: the batch's first statement blocks.
+    let mut other = env.pg().await;
+    other
+        .batch_execute("BEGIN; LOCK TABLE atom_created_events, triple_created_events, deposited_events, redeemed_events, share_price_changed_events, generic_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let write = BatchWrite {
+        rows: event_rows(&events),
+        ..BatchWrite::default()
+    };
+    let mut conn = env.pg().await;
+    let commit = store::commit_after(
+        &mut conn,
+        "g",
+        &write,
+        &held,
+        async { true },
+        Duration::from_millis(200),
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), commit).await;
+    let failed = ended.expect("the commit ends although the server still blocks it");
+    let e = failed.expect_err("a blocked batch does not commit");
+    assert!(format!("{e:#}").contains("PROCESSING_TIMEOUT_MS"), "{e:#}");
+    drop(conn);
+    other.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(env.count(STORED_EVENTS).await, 0);
+}
