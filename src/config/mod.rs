@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-/// Default `DATABASE_URL`: the local server with trust auth, database `redis_postgres_sync`
-/// (created on first start if missing).
 /// `STATE_CACHE_KEYS` unless set: about 0.7 GiB of peak RSS with a 10 M-event history (README).
 pub const DEFAULT_STATE_CACHE_KEYS: u64 = 500_000;
 
+/// Default `DATABASE_URL`: the local server with trust auth, database `redis_postgres_sync`
+/// (created on first start if missing).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/redis_postgres_sync";
 /// Defaults shared by every subcommand that names them, so `status`, `dlq` or `publish` look at
 /// the streams and group that `sync` uses unless told otherwise.

@@ -185,18 +185,33 @@ pub async fn commit(
 ) -> anyhow::Result<Committed> {
     conn.transaction(async |conn| {
         // Fencing first: the lease row stays locked until commit, so no takeover can interleave.
-        lease::fence(conn, lease).await?;
-        let started = std::time::Instant::now();
-        write_pipelined(conn, batch.rows.iter().chain(&batch.generic_rows)).await?;
-        withdraw_moved_triples(conn, batch).await?;
-        tracing::trace!(
-            tables = batch.rows.len() + batch.generic_rows.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "wrote rows"
-        );
-        finish(conn, group, batch, batch.dead_letters.clone(), lease).await
+        fenced_rows(
+            conn,
+            group,
+            batch,
+            lease,
+            batch.rows.iter().chain(&batch.generic_rows),
+        )
+        .await
     })
     .await
+}
+
+/// The fenced part of a batch transaction: the lease fenced, `sets`, the batch's moved triples,
+/// then [`finish`].
+async fn fenced_rows<'a>(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    batch: &BatchWrite,
+    lease: &lease::Lease,
+    sets: impl Iterator<Item = &'a RowSet>,
+) -> anyhow::Result<Committed> {
+    lease::fence(conn, lease).await?;
+    let started = std::time::Instant::now();
+    write_pipelined(conn, sets).await?;
+    withdraw_moved_triples(conn, batch).await?;
+    tracing::trace!(micros = started.elapsed().as_micros() as u64, "wrote rows");
+    finish(conn, group, batch, batch.dead_letters.clone(), lease).await
 }
 
 /// The batch that committed just before this one failed: this one, folded on top of it, must not
@@ -245,13 +260,7 @@ pub async fn commit_after(
             return Err(PredecessorFailed.into());
         }
         let rest = all().filter(|r| !is_event_table(r));
-        let rest = async {
-            lease::fence(conn, lease).await?;
-            write_pipelined(conn, rest).await?;
-            withdraw_moved_triples(conn, batch).await?;
-            finish(conn, group, batch, batch.dead_letters.clone(), lease).await
-        };
-        tokio::time::timeout(timeout, rest)
+        tokio::time::timeout(timeout, fenced_rows(conn, group, batch, lease, rest))
             .await
             .context(TIMED_OUT)?
     });

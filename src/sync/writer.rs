@@ -134,13 +134,7 @@ impl Writer {
                     let f = in_flight.take().expect("a batch was in flight");
                     self.settle(&f.batch, f.started, done).await?;
                 }
-                Next::Work(None) => {
-                    if let Some(f) = in_flight.take() {
-                        let done = f.task.await;
-                        self.settle(&f.batch, f.started, done).await?;
-                    }
-                    return Ok(());
-                }
+                Next::Work(None) => return self.drain(in_flight).await,
                 Next::Work(Some(Work::Batch(p))) => {
                     let mut previous = in_flight.take();
                     let gate = previous.as_mut().and_then(|f| f.committed.take());
@@ -165,10 +159,7 @@ impl Writer {
                 }
                 Next::Work(Some(Work::Reorg(r))) => {
                     // Every earlier batch commits before the reorg is applied.
-                    if let Some(f) = in_flight.take() {
-                        let done = f.task.await;
-                        self.settle(&f.batch, f.started, done).await?;
-                    }
+                    self.drain(in_flight).await?;
                     self.apply_reorg(r).await?;
                 }
             }
@@ -212,6 +203,17 @@ impl Writer {
             started: Instant::now(),
             task,
             committed: Some(committed_rx),
+        }
+    }
+
+    /// Waits for the batch in flight, if any, and settles it.
+    async fn drain(&self, in_flight: &mut Option<InFlight>) -> anyhow::Result<()> {
+        match in_flight.take() {
+            Some(f) => {
+                let done = f.task.await;
+                self.settle(&f.batch, f.started, done).await
+            }
+            None => Ok(()),
         }
     }
 

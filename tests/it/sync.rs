@@ -252,6 +252,31 @@ async fn leased_env(label: &str) -> (TestEnv, redis_postgres_sync::store::lease:
     (env, held)
 }
 
+/// `store::commit_after` of `write` on a connection of its own, on a task: 60 s per half.
+fn spawn_commit_after(
+    env: &TestEnv,
+    lease: &redis_postgres_sync::store::lease::Lease,
+    write: redis_postgres_sync::store::BatchWrite,
+    predecessor: impl std::future::Future<Output = bool> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<redis_postgres_sync::store::Committed>> {
+    let (url, lease) = (env.database_url.clone(), lease.clone());
+    tokio::spawn(async move {
+        let mut conn =
+            <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+                .await
+                .expect("connect");
+        redis_postgres_sync::store::commit_after(
+            &mut conn,
+            "g",
+            &write,
+            &lease,
+            predecessor,
+            Duration::from_secs(60),
+        )
+        .await
+    })
+}
+
 /// Batch commits overlap (issue 14): a batch begun while the one before it commits
 /// (`store::commit_after`) writes its event-log rows at once but commits only after its
 /// predecessor has, and leaves no trace when the predecessor fails.
@@ -276,22 +301,8 @@ async fn an_overlapped_batch_commits_only_after_the_batch_before_it() {
 
     // The predecessor has not committed yet: nothing of this batch is visible.
     let (open, gate) = tokio::sync::oneshot::channel::<bool>();
-    let (url, lease, first_batch) = (env.database_url.clone(), held.clone(), batch(first, "1-0"));
-    let task = tokio::spawn(async move {
-        let mut conn =
-            <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
-                .await
-                .expect("connect");
-        let predecessor = async { gate.await.unwrap_or(false) };
-        store::commit_after(
-            &mut conn,
-            "g",
-            &first_batch,
-            &lease,
-            predecessor,
-            Duration::from_secs(30),
-        )
-        .await
+    let task = spawn_commit_after(&env, &held, batch(first, "1-0"), async {
+        gate.await.unwrap_or(false)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -352,7 +363,7 @@ async fn an_overlapped_batch_commits_only_after_the_batch_before_it() {
 async fn an_overlapped_batch_does_not_wait_on_the_keys_its_predecessor_holds() {
     use diesel_async::SimpleAsyncConnection;
     use redis_postgres_sync::store::tables::events::hash_prefix;
-    use redis_postgres_sync::store::{self, event_rows::event_rows, BatchWrite};
+    use redis_postgres_sync::store::{event_rows::event_rows, BatchWrite};
     let (env, held) = leased_env("overlapkeys").await;
     let events = events_of(&generated_fixture(20, 12));
     // The predecessor: a transaction holding the key of every transaction of the batch.
@@ -370,31 +381,13 @@ async fn an_overlapped_batch_does_not_wait_on_the_keys_its_predecessor_holds() {
         .expect("the predecessor's keys");
     let (reached_tx, reached) = tokio::sync::oneshot::channel::<()>();
     let (open, gate) = tokio::sync::oneshot::channel::<bool>();
-    let (url, write) = (
-        env.database_url.clone(),
-        BatchWrite {
-            rows: event_rows(&events),
-            ..BatchWrite::default()
-        },
-    );
-    let task = tokio::spawn(async move {
-        let mut conn =
-            <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
-                .await
-                .expect("connect");
-        let after = async move {
-            let _ = reached_tx.send(());
-            gate.await.unwrap_or(false)
-        };
-        store::commit_after(
-            &mut conn,
-            "g",
-            &write,
-            &held,
-            after,
-            Duration::from_secs(60),
-        )
-        .await
+    let write = BatchWrite {
+        rows: event_rows(&events),
+        ..BatchWrite::default()
+    };
+    let task = spawn_commit_after(&env, &held, write, async move {
+        let _ = reached_tx.send(());
+        gate.await.unwrap_or(false)
     });
     tokio::time::timeout(Duration::from_secs(20), reached)
         .await
