@@ -18,6 +18,7 @@ use primitive_types::U256;
 use serde_json::Value;
 
 use super::partition::Ranges;
+use super::tables::events::{key_prefix, key_prefix_sql, KEY_PREFIX_BITS};
 use super::tables::{EventTable, MAX_READ_PARAMS};
 use super::text::{self, hex_n};
 use crate::domain::{Address, Bytes32, Event, EventKind, EventMeta, TermId, VaultType};
@@ -165,16 +166,37 @@ impl KeyFilter {
     }
 }
 
+/// The SQL condition that an event table's `term_id` is in range `range` of `ranges` (`TRUE`
+/// for one range): bounds on its [`key_prefix`](super::tables::events::key_prefix), which the
+/// table's key index serves whatever the database's collation.
+pub fn event_range_condition(ranges: Ranges, range: usize) -> String {
+    let prefix = key_prefix_sql("term_id");
+    // A range of the ids' first 16 bits is the range of their 60-bit prefixes shifted alike.
+    let shift = KEY_PREFIX_BITS - 16;
+    let (lo, hi) = ranges.prefixes(range);
+    let mut parts = Vec::new();
+    if let Some(lo) = lo {
+        parts.push(format!("{prefix} >= {}", u64::from(lo) << shift));
+    }
+    if let Some(hi) = hi {
+        parts.push(format!("{prefix} < {}", u64::from(hi) << shift));
+    }
+    if parts.is_empty() {
+        "TRUE".to_owned()
+    } else {
+        parts.join(" AND ")
+    }
+}
+
 /// The events of the derived tables' event types whose term id is in range `range`.
 pub async fn load_range_events(
     conn: &mut AsyncPgConnection,
-    filter: KeyFilter,
     ranges: Ranges,
     range: usize,
 ) -> anyhow::Result<Vec<Event>> {
     let mut events = Vec::new();
     let mut networks = BTreeMap::new();
-    let condition = filter.condition("term_id", ranges, range);
+    let condition = event_range_condition(ranges, range);
     for table in CORE_EVENT_TABLES {
         let from = format!("{table} WHERE {condition}");
         read_table(conn, table, &from, &mut networks, &mut events).await?;
@@ -189,10 +211,16 @@ pub async fn load_vault_events(
 ) -> anyhow::Result<Vec<Event>> {
     let mut events = Vec::new();
     let mut networks = BTreeMap::new();
+    let prefix = key_prefix_sql("term_id");
     for chunk in terms.chunks(TERMS_PER_READ) {
-        // Ids print as '0x' + hex: safe to inline.
+        // Ids print as '0x' + hex: safe to inline. The prefixes find them in the key index.
         let list: Vec<String> = chunk.iter().map(|t| t.to_string()).collect();
-        let any = format!("term_id = ANY('{{{}}}'::text[])", list.join(","));
+        let prefixes: Vec<String> = chunk.iter().map(|t| key_prefix(&t.0).to_string()).collect();
+        let any = format!(
+            "{prefix} = ANY('{{{}}}'::bigint[]) AND term_id = ANY('{{{}}}'::text[])",
+            prefixes.join(","),
+            list.join(",")
+        );
         for table in VAULT_EVENT_TABLES {
             let from = format!("{table} WHERE {any}");
             read_table(conn, table, &from, &mut networks, &mut events).await?;

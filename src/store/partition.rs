@@ -107,13 +107,20 @@ impl Ranges {
         Bytes32(id)
     }
 
+    /// Range `range` as bounds on the first two bytes of a term id: `lo <= prefix < hi`, `None`
+    /// for no bound (the first range has no lower one, the last no upper one).
+    pub fn prefixes(&self, range: usize) -> (Option<u32>, Option<u32>) {
+        let lo = (range > 0).then(|| self.start(range));
+        let hi = (range + 1 < self.count()).then(|| self.start(range + 1));
+        (lo, hi)
+    }
+
     /// Range `range` as text bounds on a term id: `lo <= id < hi`, `None` for no bound (the
     /// first range has no lower one, the last no upper one).
     pub fn bounds(&self, range: usize) -> (Option<String>, Option<String>) {
         let text = |prefix: u32| format!("0x{prefix:04x}");
-        let lo = (range > 0).then(|| text(self.start(range)));
-        let hi = (range + 1 < self.count()).then(|| text(self.start(range + 1)));
-        (lo, hi)
+        let (lo, hi) = self.prefixes(range);
+        (lo.map(text), hi.map(text))
     }
 }
 
@@ -230,7 +237,7 @@ impl<S: Sink> Backend for Stored<'_, S> {
     }
 
     async fn range_events(&mut self, ranges: Ranges, range: usize) -> anyhow::Result<Vec<Event>> {
-        load::load_range_events(self.conn, self.filter, ranges, range).await
+        load::load_range_events(self.conn, ranges, range).await
     }
 
     async fn vault_events(&mut self, terms: &[TermId]) -> anyhow::Result<Vec<Event>> {

@@ -6,9 +6,9 @@
 //! changes are written or deleted; the notice is recorded in `reorgs` and `sync_progress`, and the
 //! touched terms go to the outbox so the analytics consumer recomputes their triples.
 //!
-//! Cost: a few indexed reads per touched key (the migration `fold_continuation` indexes the
-//! event tables by position, by vault and by term), plus the events of the touched positions —
-//! not the history.
+//! Cost: a few indexed reads per touched key (the migration `key_prefix_indexes` indexes the
+//! event tables by position, by vault and by term, on the keys' [`key_prefix`]), plus the events
+//! of the touched positions — not the history.
 //!
 //! A notice redelivered after its transaction committed (a crash before XACK) finds its row in
 //! `reorgs` and does nothing.
@@ -21,6 +21,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use super::analytics as sql;
 use super::load::{load_events, load_events_from, EVENT_LOG};
 use super::rebuild;
+use super::tables::events::{key_prefix, key_prefix_sql};
 use super::{prior, rows, write_progress, StreamProgress};
 use crate::domain::analytics::{withdraw, TripleKeys};
 use crate::domain::rows::TripleRow;
@@ -178,11 +179,16 @@ pub async fn apply(
 /// Every read of a reorg is a few index probes by design (block number, position, vault, term).
 /// Right after a catch-up the event tables may not be analyzed yet, and without statistics the
 /// planner guesses a third of the table for `block_number >= fork` and scans all of it (8.6 s at
-/// 10 M events for 167 orphaned events). For this transaction only: index paths, no parallel
-/// workers, no JIT (both only pay off on the large scans this transaction never needs).
+/// 10 M events for 167 orphaned events). The newest event of a vault is the first row of a
+/// backward walk of its key index, but the planner, which expects one row of the whole key,
+/// prefers reading every event of the vault and sorting them (445 ms for 31 vaults at 2 M
+/// events, 1.8 ms walking): so a full sort is a last resort. For this transaction only: index
+/// paths, no full sorts, no parallel workers, no JIT (both only pay off on the large scans this
+/// transaction never needs).
 async fn index_reads_only(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
     for setting in [
         "SET LOCAL enable_seqscan = off",
+        "SET LOCAL enable_sort = off",
         "SET LOCAL max_parallel_workers_per_gather = 0",
         "SET LOCAL jit = off",
     ] {
@@ -215,7 +221,9 @@ fn array(values: impl Iterator<Item = String>, ty: &str) -> String {
     format!("ARRAY[{}]::{ty}[]", items.join(","))
 }
 
-/// The newest event of `table` per key of `keys` (`k_term` and optionally `k_curve` columns).
+/// The newest event of `table` per key of `keys` (`k_prefix`, the [`key_prefix`] of `k_term`,
+/// and optionally `k_curve` columns): a backward walk of the table's key index from the key's
+/// newest block, stopping at the first event of the whole key.
 fn newest_per_key(table: &str, keys: &str, by_curve: bool) -> String {
     let curve = if by_curve {
         " AND e.curve_id = k.k_curve"
@@ -223,10 +231,17 @@ fn newest_per_key(table: &str, keys: &str, by_curve: bool) -> String {
         ""
     };
     format!(
-        "{keys} CROSS JOIN LATERAL (SELECT * FROM {table} e WHERE e.term_id = k.k_term{curve} \
+        "{keys} CROSS JOIN LATERAL (SELECT * FROM {table} e WHERE {} = k.k_prefix \
+         AND e.term_id = k.k_term{curve} \
          ORDER BY e.block_number DESC, e.log_index DESC, e.transaction_hash COLLATE \"C\" DESC \
-         LIMIT 1) x"
+         LIMIT 1) x",
+        key_prefix_sql("e.term_id")
     )
+}
+
+/// `ARRAY[…]::bigint[]` of the [`key_prefix`] of each of `ids`.
+fn prefixes<'a>(ids: impl Iterator<Item = &'a [u8]>) -> String {
+    array(ids.map(|id| key_prefix(id).to_string()), "bigint")
 }
 
 /// Recomputes the base rows of the keys `orphaned` touched (they have left the event log) and
@@ -281,22 +296,33 @@ async fn remaining_decisive(
     let mut decisive = Vec::new();
     let mut vault_events = Vec::new();
     if !keys.positions.is_empty() {
+        // Every event of each position, through the table's position index (term and receiver
+        // prefixes), the whole key checked on the row. The keys are a set: no event twice.
         let p = &keys.positions;
-        let filter = format!(
-            "(term_id, receiver, curve_id) IN (SELECT * FROM UNNEST({}, {}, {}))",
+        let k = format!(
+            "UNNEST({}, {}, {}, {}, {}) AS k(k_term_prefix, k_receiver_prefix, k_term, k_receiver, k_curve)",
+            prefixes(p.iter().map(|k| &k.1 .0[..])),
+            prefixes(p.iter().map(|k| &k.0 .0[..])),
             array(p.iter().map(|k| k.1.to_string()), "text"),
             array(p.iter().map(|k| k.0.to_checksum()), "text"),
             array(p.iter().map(|k| k.2.to_string()), "numeric"),
         );
         for table in ["deposited_events", "redeemed_events"] {
-            let from = format!("{table} WHERE {filter}");
+            let from = format!(
+                "{k} CROSS JOIN LATERAL (SELECT * FROM {table} e WHERE {} = k.k_term_prefix \
+                 AND {} = k.k_receiver_prefix AND e.term_id = k.k_term \
+                 AND e.receiver = k.k_receiver AND e.curve_id = k.k_curve) x",
+                key_prefix_sql("e.term_id"),
+                key_prefix_sql("e.receiver"),
+            );
             decisive.extend(load_events_from(conn, table, &from).await?);
         }
     }
     if !keys.vaults.is_empty() {
         let v = &keys.vaults;
         let k = format!(
-            "UNNEST({}, {}) AS k(k_term, k_curve)",
+            "UNNEST({}, {}, {}) AS k(k_prefix, k_term, k_curve)",
+            prefixes(v.iter().map(|k| &k.0 .0[..])),
             array(v.iter().map(|k| k.0.to_string()), "text"),
             array(v.iter().map(|k| k.1.to_string()), "numeric"),
         );
@@ -315,7 +341,8 @@ async fn remaining_decisive(
             continue;
         }
         let k = format!(
-            "UNNEST({}) AS k(k_term)",
+            "UNNEST({}, {}) AS k(k_prefix, k_term)",
+            prefixes(ids.iter().map(|id| &id.0[..])),
             array(ids.iter().map(ToString::to_string), "text")
         );
         decisive.extend(load_events_from(conn, table, &newest_per_key(table, &k, false)).await?);

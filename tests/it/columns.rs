@@ -244,6 +244,58 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
     .await;
     assert!(negative > 0, "hashes with the high bit set are among them");
 
+    // The key indexes' expression (`key_prefix_sql`) computes, from every stored term id and
+    // receiver (checksummed: both cases of hex), the key prefix the reorg and range reads bind
+    // (`key_prefix`).
+    {
+        use redis_postgres_sync::domain::EventKind;
+        use redis_postgres_sync::store::partition::term_of;
+        use redis_postgres_sync::store::tables::events::{key_prefix, key_prefix_sql};
+        let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+        for e in &events {
+            if let Some(term) = term_of(e) {
+                expected.insert(term.to_string(), key_prefix(&term.0));
+            }
+            if let EventKind::Deposited { receiver, .. } | EventKind::Redeemed { receiver, .. } =
+                &e.kind
+            {
+                expected.insert(receiver.to_checksum(), key_prefix(&receiver.0));
+            }
+        }
+        let mut columns: Vec<String> = load::EVENT_LOG[..5]
+            .iter()
+            .map(|t| format!("SELECT term_id AS t FROM {t}"))
+            .collect();
+        columns.push("SELECT receiver FROM deposited_events".to_owned());
+        columns.push("SELECT receiver FROM redeemed_events".to_owned());
+        #[derive(QueryableByName)]
+        struct Prefixed {
+            #[diesel(sql_type = Text)]
+            t: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            p: i64,
+        }
+        let stored: Vec<Prefixed> = diesel::sql_query(format!(
+            "SELECT t, {} AS p FROM ({}) s",
+            key_prefix_sql("t"),
+            columns.join(" UNION ")
+        ))
+        .load(&mut conn)
+        .await
+        .expect("key prefixes");
+        let stored: BTreeMap<String, i64> = stored.into_iter().map(|r| (r.t, r.p)).collect();
+        assert!(
+            stored
+                .keys()
+                .any(|t| t.bytes().any(|b| b.is_ascii_uppercase())),
+            "checksummed addresses among them"
+        );
+        assert!(
+            stored == expected,
+            "key_prefix_sql = key_prefix on every stored id"
+        );
+    }
+
     // What `sync` start and `bench` read of the buffer cache: the event log's indexes, summed
     // here through `pg_index` instead of `pg_indexes_size`.
     let cache = store::measure::buffer_cache(&mut conn)

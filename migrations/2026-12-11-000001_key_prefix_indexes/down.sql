@@ -1,0 +1,14 @@
+DROP INDEX deposited_events_position;
+DROP INDEX redeemed_events_position;
+DROP INDEX deposited_events_vault;
+DROP INDEX redeemed_events_vault;
+DROP INDEX share_price_changed_events_vault;
+DROP INDEX atom_created_events_term;
+DROP INDEX triple_created_events_term;
+CREATE INDEX deposited_events_position ON deposited_events (term_id, receiver, curve_id);
+CREATE INDEX redeemed_events_position ON redeemed_events (term_id, receiver, curve_id);
+CREATE INDEX deposited_events_vault ON deposited_events (term_id, curve_id, block_number, log_index);
+CREATE INDEX redeemed_events_vault ON redeemed_events (term_id, curve_id, block_number, log_index);
+CREATE INDEX share_price_changed_events_vault ON share_price_changed_events (term_id, curve_id, block_number, log_index);
+CREATE INDEX atom_created_events_term ON atom_created_events (term_id, block_number, log_index);
+CREATE INDEX triple_created_events_term ON triple_created_events (term_id, block_number, log_index);
