@@ -175,7 +175,6 @@ pub async fn verify_in(
             };
             let mut comparer = Stored {
                 conn,
-                filter,
                 generic,
                 sink: Comparer { filter, tallies },
             };

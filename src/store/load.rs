@@ -151,18 +151,28 @@ impl KeyFilter {
     /// The SQL condition that `column` is in range `range` of `ranges` (`TRUE` for one range).
     pub fn condition(&self, column: &str, ranges: Ranges, range: usize) -> String {
         let (lo, hi) = ranges.bounds(range);
-        let mut parts = Vec::new();
-        if let Some(lo) = lo {
-            parts.push(format!("{column}{} >= '{lo}'", self.collate));
-        }
-        if let Some(hi) = hi {
-            parts.push(format!("{column}{} < '{hi}'", self.collate));
-        }
-        if parts.is_empty() {
-            "TRUE".to_owned()
-        } else {
-            parts.join(" AND ")
-        }
+        let quote = |b: String| format!("'{b}'");
+        within(
+            &format!("{column}{}", self.collate),
+            lo.map(quote),
+            hi.map(quote),
+        )
+    }
+}
+
+/// The SQL condition `lo <= value < hi` (`TRUE` with neither bound).
+fn within(value: &str, lo: Option<String>, hi: Option<String>) -> String {
+    let parts: Vec<String> = [
+        lo.map(|lo| format!("{value} >= {lo}")),
+        hi.map(|hi| format!("{value} < {hi}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "TRUE".to_owned()
+    } else {
+        parts.join(" AND ")
     }
 }
 
@@ -170,22 +180,10 @@ impl KeyFilter {
 /// for one range): bounds on its [`key_prefix`](super::tables::events::key_prefix), which the
 /// table's key index serves whatever the database's collation.
 pub fn event_range_condition(ranges: Ranges, range: usize) -> String {
-    let prefix = key_prefix_sql("term_id");
     // A range of the ids' first 16 bits is the range of their 60-bit prefixes shifted alike.
-    let shift = KEY_PREFIX_BITS - 16;
+    let shifted = |p: u32| (u64::from(p) << (KEY_PREFIX_BITS - 16)).to_string();
     let (lo, hi) = ranges.prefixes(range);
-    let mut parts = Vec::new();
-    if let Some(lo) = lo {
-        parts.push(format!("{prefix} >= {}", u64::from(lo) << shift));
-    }
-    if let Some(hi) = hi {
-        parts.push(format!("{prefix} < {}", u64::from(hi) << shift));
-    }
-    if parts.is_empty() {
-        "TRUE".to_owned()
-    } else {
-        parts.join(" AND ")
-    }
+    within(&key_prefix_sql("term_id"), lo.map(shifted), hi.map(shifted))
 }
 
 /// The events of the derived tables' event types whose term id is in range `range`.

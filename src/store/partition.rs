@@ -3,9 +3,10 @@
 //! event, row for row.
 //!
 //! **Ranges.** Term ids are keccak hashes, so their first two bytes are uniform: [`Ranges`] cuts
-//! that 16-bit prefix into `count` contiguous ranges, each a pair of text bounds on a term id
-//! (`'0x' + 64 lowercase hex`, so byte order is the order of the bounds; see
-//! [`load::KeyFilter`](super::load::KeyFilter) for the collation). [`Ranges::for_events`] picks
+//! that 16-bit prefix into `count` contiguous ranges: integer bounds on the event tables' key
+//! prefix ([`load::event_range_condition`](super::load::event_range_condition)) and text bounds
+//! on a derived table's id (`'0x' + 64 lowercase hex`, so byte order is the order of the bounds;
+//! see [`load::KeyFilter`](super::load::KeyFilter) for the collation). [`Ranges::for_events`] picks
 //! the count from the size of the event log ([`EVENTS_PER_RANGE`] events a range on average:
 //! one hot term cannot be split, so a range can hold more).
 //!
@@ -40,7 +41,7 @@ use anyhow::{bail, Context};
 use diesel_async::AsyncPgConnection;
 use primitive_types::U256;
 
-use super::load::{self, KeyFilter};
+use super::load;
 use super::rebuild::{cpu_bound, Progress, Step};
 use crate::domain::analytics::{self, PairAggregate, VaultFigures};
 use crate::domain::rows::{PairKey, TripleRow, VaultKey, VaultRow};
@@ -209,10 +210,9 @@ pub trait Sink: Send {
 }
 
 /// The [`Backend`] over a PostgreSQL transaction: reads its event log (`store::load`, by key
-/// range with `filter`) and hands the rows to `sink`.
+/// range) and hands the rows to `sink`.
 pub struct Stored<'c, S> {
     pub conn: &'c mut AsyncPgConnection,
-    pub filter: KeyFilter,
     /// Generic events in the log (counted once, in the transaction).
     pub generic: u64,
     pub sink: S,
@@ -221,7 +221,6 @@ pub struct Stored<'c, S> {
 impl<S> std::fmt::Debug for Stored<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stored")
-            .field("filter", &self.filter)
             .field("generic", &self.generic)
             .finish_non_exhaustive()
     }

@@ -18,7 +18,7 @@
 use anyhow::Context;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::load::{self, KeyFilter, EVENT_LOG};
+use super::load::{self, EVENT_LOG};
 use super::partition::{self, Plan, Ranges, Sink, Stored};
 use super::rows;
 use super::rowset::{OnConflict, RowSet};
@@ -95,10 +95,8 @@ pub async fn rebuild_in(
     let (core, generic) = load::count_events(conn).await?;
     let ranges = ranges.unwrap_or(Ranges::for_events(core));
     empty_derived_tables(conn).await?;
-    let filter = KeyFilter::probe(conn).await?;
     let mut writer = Stored {
         conn,
-        filter,
         generic,
         sink: Inserter,
     };
