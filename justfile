@@ -41,9 +41,10 @@ bench-sync EVENTS="1000000":
 
 # What a history's size costs (issue 14): sync events/s, peak RSS, restart → ready, a 16-block
 # reorg at the head → ready again (median of 3 runs): just bench-scale 2000000
-bench-scale EVENTS="200000":
+# Further flags go to bench: just bench-scale 2000000 --reorg-depth 64
+bench-scale EVENTS="200000" *FLAGS:
     test -f fixtures-large/events-{{EVENTS}}.jsonl || just fixture-large {{EVENTS}}
-    cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode scale --runs 3 --log-level warn
+    cargo run --release -- bench fixtures-large/events-{{EVENTS}}.jsonl --mode scale --runs 3 --log-level warn {{FLAGS}}
 
 # The insert rate the event log's primary key alone allows at each history size, without the
 # service (issue 14): just bench-pk-floor 10000000 (KEY text or bytea)

@@ -5,8 +5,8 @@
 //!   run until the input is drained, the raw `COPY` rate of the same event rows measured in the
 //!   same run for comparison; everything created is dropped unless kept.
 //! - `scale`: what a history's size costs (issue 14): sync it into a fresh database, start again
-//!   on it (start → ready), apply a 16-block reorg at its head (notice → ready again), with the
-//!   peak RSS of each phase.
+//!   on it (start → ready), apply a reorg of its newest blocks (16, or `--reorg-depth`; notice →
+//!   ready again), with the peak RSS of each phase.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use crate::sync::SyncStats;
 
 mod scale;
 pub use scale::{
-    fork_block_at_head, highest_block, reorg_notice, scale, ScaleReport, SCALE_REORG_DEPTH,
+    fork_block_at_head, highest_block, reorg_notice, scale, ScaleReport, DEFAULT_SCALE_REORG_DEPTH,
 };
 
 /// Peak and current resident memory of this process, in bytes (Linux `/proc/self/status`).

@@ -1,6 +1,6 @@
 //! `bench`: measures decode + fold (`--mode fold`), the whole pipeline against local Postgres
 //! and Redis (`--mode sync`), or what a history's size costs (`--mode scale`: sync, restart →
-//! ready, a 16-block reorg) on a fixture, and prints a table or JSON.
+//! ready, a reorg of the newest blocks) on a fixture, and prints a table or JSON.
 
 use std::path::PathBuf;
 
@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// analytics refresh.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
+    /// In scale mode, how many of the newest blocks the reorg orphans (`fork_block` = highest
+    /// block − (depth − 1)).
+    #[arg(long, default_value_t = redis_postgres_sync::bench::DEFAULT_SCALE_REORG_DEPTH, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub reorg_depth: i64,
     /// Publish the entries in a random order.
     #[arg(long)]
     pub shuffle: bool,
@@ -72,8 +76,8 @@ pub enum Mode {
     Fold,
     /// Publish to a fresh stream, run sync into a fresh database until drained.
     Sync,
-    /// As `sync`, then stop and start again (restart → ready), then a 16-block reorg at the
-    /// head (notice → ready again), with the peak RSS of each phase.
+    /// As `sync`, then stop and start again (restart → ready), then a reorg of the newest
+    /// blocks (16 unless `--reorg-depth`; notice → ready again), with the peak RSS of each phase.
     Scale,
 }
 
@@ -159,7 +163,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             if matches!(args.mode, Mode::Scale) {
                 let mut runs = Vec::new();
                 for run in 1..=args.runs {
-                    runs.push(bench::scale(&args.fixture, &opts, progress(run)).await?);
+                    runs.push(
+                        bench::scale(&args.fixture, &opts, args.reorg_depth, progress(run)).await?,
+                    );
                 }
                 bar.finish_and_clear();
                 let m = |f: fn(&ScaleReport) -> f64| median(runs.iter().map(f));
@@ -305,8 +311,8 @@ fn print_sync(runs: &[SyncReport], median: f64) {
 fn print_scale(runs: &[ScaleReport], m: &ScaleMedians) {
     let r0 = &runs[0];
     println!(
-        "mode scale: {} events in {} entries, blocks up to {}; reorg of blocks {}..={} (16)",
-        r0.events, r0.entries, r0.highest_block, r0.fork_block, r0.highest_block
+        "mode scale: {} events in {} entries, blocks up to {}; reorg of blocks {}..={} ({})",
+        r0.events, r0.entries, r0.highest_block, r0.fork_block, r0.highest_block, r0.reorg_depth
     );
     println!(
         "{:>6}  {:>10}  {:>10}  {:>10}  {:>14}  {:>10}  {:>14}  {:>13}  {:>10}  {:>12}",
