@@ -145,26 +145,54 @@ pub struct BufferCache {
     /// `max_wal_size` as the server prints it (e.g. `1GB`).
     #[diesel(sql_type = Text)]
     pub max_wal_size: String,
+    /// `max_wal_size` in bytes.
+    #[diesel(sql_type = BigInt)]
+    pub max_wal_bytes: i64,
     /// `checkpoint_timeout` as the server prints it (e.g. `5min`).
     #[diesel(sql_type = Text)]
     pub checkpoint_timeout: String,
 }
 
+/// `max_wal_size` below this many times the event log's indexes draws [`BufferCache::advice`]:
+/// after a checkpoint the first change to a page writes the whole page to the WAL, and a
+/// catching-up sync changes index pages all over the indexes, so unless checkpoints are several
+/// index sizes of WAL apart most of its index inserts write a whole page. (Measured, README: at
+/// 10 M events with 1,745 MiB of indexes, `max_wal_size` 1 GB gives 35 k events/s, 24 GB 48 k;
+/// at 2 M, 348 MiB of indexes, 1 GB loses nothing.)
+pub const WAL_PER_INDEX_BYTE: i64 = 2;
+
 impl BufferCache {
-    /// A warning when the event log's indexes no longer fit in `shared_buffers`, naming the
-    /// setting and both sizes; `None` while they fit.
+    /// A warning once the event log's indexes have outgrown the server's settings — checkpoints
+    /// closer together than [`WAL_PER_INDEX_BYTE`] times the indexes, or a buffer cache smaller
+    /// than them — naming each setting and the sizes; `None` while they fit.
     pub fn advice(&self) -> Option<String> {
-        (self.event_log_indexes > self.shared_buffers).then(|| {
-            format!(
-                "shared_buffers ({}) is smaller than the event log's indexes ({}): most index \
-                 inserts of a batch read a page from outside the buffer cache, so a catching-up \
-                 sync slows down as the history grows; a shared_buffers above the indexes' size \
-                 and checkpoints further apart (max_wal_size {}, checkpoint_timeout {} now) \
-                 speed it up (README, Benchmarks: Postgres tuning)",
+        let indexes = mib(self.event_log_indexes);
+        let (mut findings, mut raise) = (Vec::new(), Vec::new());
+        if self.max_wal_bytes < WAL_PER_INDEX_BYTE.saturating_mul(self.event_log_indexes) {
+            raise.push("max_wal_size");
+            findings.push(format!(
+                "max_wal_size ({}) is less than {WAL_PER_INDEX_BYTE} times the event log's \
+                 indexes ({indexes}): a checkpoint comes round before a catching-up sync has \
+                 changed each index page once, and the first change to a page after a \
+                 checkpoint writes the whole page to the WAL (checkpoint_timeout {} spaces \
+                 checkpoints too)",
+                self.max_wal_size, self.checkpoint_timeout,
+            ));
+        }
+        if self.event_log_indexes > self.shared_buffers {
+            raise.push("shared_buffers");
+            findings.push(format!(
+                "shared_buffers ({}) is smaller than the event log's indexes ({indexes}): most \
+                 index inserts of a batch read a page from outside the buffer cache",
                 mib(self.shared_buffers),
-                mib(self.event_log_indexes),
-                self.max_wal_size,
-                self.checkpoint_timeout,
+            ));
+        }
+        (!findings.is_empty()).then(|| {
+            format!(
+                "{}; so a catching-up sync slows down as the history grows: raise {} (README, \
+                 Benchmarks: Postgres tuning)",
+                findings.join("; "),
+                raise.join(" and "),
             )
         })
     }
@@ -199,6 +227,7 @@ pub async fn buffer_cache(conn: &mut AsyncPgConnection) -> anyhow::Result<Buffer
                 (SELECT COALESCE(sum(pg_indexes_size(to_regclass(t))), 0)::bigint \
                   FROM UNNEST($1::text[]) AS t) AS event_log_indexes, \
                 current_setting('max_wal_size') AS max_wal_size, \
+                pg_size_bytes(current_setting('max_wal_size')) AS max_wal_bytes, \
                 current_setting('checkpoint_timeout') AS checkpoint_timeout",
     )
     .bind::<diesel::sql_types::Array<Text>, _>(&tables)
@@ -213,8 +242,8 @@ pub async fn read_buffer_cache(database_url: &str) -> anyhow::Result<BufferCache
     buffer_cache(&mut conn).await
 }
 
-/// Logs [`BufferCache::advice`] once at start (WARN), or, while the indexes fit, the figures at
-/// DEBUG. Advisory only: a failure to read them is logged and changes nothing.
+/// Logs [`BufferCache::advice`] once at start (WARN), or, while the settings fit the indexes, the
+/// figures at DEBUG. Advisory only: a failure to read them is logged and changes nothing.
 pub async fn advise_on_buffer_cache(url: &str) {
     match read_buffer_cache(url).await {
         Ok(cache) => match cache.advice() {
@@ -243,30 +272,77 @@ pub async fn ping(url: &str) -> bool {
 mod tests {
     use super::BufferCache;
 
-    fn cache(shared_buffers: i64, event_log_indexes: i64) -> BufferCache {
+    const MIB: i64 = 1024 * 1024;
+
+    fn cache(shared_buffers: i64, event_log_indexes: i64, max_wal_bytes: i64) -> BufferCache {
         BufferCache {
             shared_buffers,
             event_log_indexes,
-            max_wal_size: "1GB".into(),
+            max_wal_size: format!("{}MB", max_wal_bytes / MIB),
+            max_wal_bytes,
             checkpoint_timeout: "5min".into(),
         }
     }
 
     #[test]
-    fn advice_names_the_setting_and_both_sizes_once_the_indexes_outgrow_the_cache() {
-        const MIB: i64 = 1024 * 1024;
-        assert_eq!(cache(128 * MIB, 128 * MIB).advice(), None);
-        let advice = cache(128 * MIB, 2_400 * MIB)
+    fn no_advice_while_the_indexes_fit_the_cache_and_the_checkpoint_distance() {
+        assert_eq!(cache(128 * MIB, 128 * MIB, 1024 * MIB).advice(), None);
+        assert_eq!(cache(4096 * MIB, 1745 * MIB, 24_576 * MIB).advice(), None);
+        assert_eq!(
+            cache(128 * MIB, 0, 1024 * MIB).advice(),
+            None,
+            "a fresh log"
+        );
+    }
+
+    #[test]
+    fn advice_names_the_buffer_cache_and_both_sizes_once_the_indexes_outgrow_it() {
+        let advice = cache(128 * MIB, 400 * MIB, 24_576 * MIB)
             .advice()
             .expect("indexes exceed the cache");
         assert!(
             advice.starts_with(
-                "shared_buffers (128 MiB) is smaller than the event log's indexes (2400 MiB)"
+                "shared_buffers (128 MiB) is smaller than the event log's indexes (400 MiB)"
             ),
             "{advice}"
         );
+        assert!(advice.contains("raise shared_buffers ("), "{advice}");
+        assert!(!advice.contains("max_wal_size"), "{advice}");
+    }
+
+    #[test]
+    fn advice_names_max_wal_size_once_checkpoints_come_closer_than_twice_the_indexes() {
+        assert_eq!(
+            cache(4096 * MIB, 512 * MIB, 1024 * MIB).advice(),
+            None,
+            "just fits"
+        );
+        let advice = cache(4096 * MIB, 1745 * MIB, 1024 * MIB)
+            .advice()
+            .expect("checkpoints too close");
         assert!(
-            advice.contains("max_wal_size 1GB, checkpoint_timeout 5min"),
+            advice.starts_with(
+                "max_wal_size (1024MB) is less than 2 times the event log's indexes (1745 MiB)"
+            ),
+            "{advice}"
+        );
+        assert!(advice.contains("checkpoint_timeout 5min"), "{advice}");
+        assert!(advice.contains("raise max_wal_size ("), "{advice}");
+        assert!(!advice.contains("shared_buffers"), "{advice}");
+    }
+
+    #[test]
+    fn advice_names_both_settings_when_both_fall_short() {
+        let advice = cache(128 * MIB, 1745 * MIB, 1024 * MIB)
+            .advice()
+            .expect("both short");
+        assert!(advice.starts_with("max_wal_size (1024MB)"), "{advice}");
+        assert!(
+            advice.contains("; shared_buffers (128 MiB) is smaller than the event log's indexes"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("raise max_wal_size and shared_buffers ("),
             "{advice}"
         );
     }

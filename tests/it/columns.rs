@@ -312,7 +312,19 @@ async fn row_sets_and_reads_match_the_migrated_schema() {
     .await;
     assert_eq!(cache.event_log_indexes, indexes);
     assert!(cache.shared_buffers > 0 && indexes > 0, "{cache:?}");
-    assert_eq!(cache.advice().is_some(), indexes > cache.shared_buffers);
+    let max_wal_bytes = count(
+        &mut conn,
+        "SELECT setting::bigint * 1024 * 1024 AS n FROM pg_settings WHERE name = 'max_wal_size' \
+         AND unit = 'MB'",
+    )
+    .await;
+    assert_eq!(cache.max_wal_bytes, max_wal_bytes, "{cache:?}");
+    assert_eq!(
+        cache.advice().is_some(),
+        indexes > cache.shared_buffers
+            || max_wal_bytes < store::measure::WAL_PER_INDEX_BYTE * indexes,
+        "{cache:?}"
+    );
 }
 
 /// The one `n` an SQL count gives.
