@@ -155,10 +155,10 @@ pub struct BufferCache {
 
 /// `max_wal_size` below this many times the event log's indexes draws [`BufferCache::advice`]:
 /// after a checkpoint the first change to a page writes the whole page to the WAL, and a
-/// catching-up sync changes index pages all over the indexes, so unless checkpoints are several
+/// catching-up sync changes index pages all over the indexes, so unless checkpoints are a few
 /// index sizes of WAL apart most of its index inserts write a whole page. (Measured, README: at
-/// 10 M events with 1,745 MiB of indexes, `max_wal_size` 1 GB gives 35 k events/s, 24 GB 48 k;
-/// at 2 M, 348 MiB of indexes, 1 GB loses nothing.)
+/// 10 M events with 1,745 MiB of indexes and `shared_buffers` 128 MB, `max_wal_size` 1 GB gives
+/// 35 k events/s, 24 GB 46 k; at 2 M, 348 MiB of indexes, 1 GB loses nothing.)
 pub const WAL_PER_INDEX_BYTE: i64 = 2;
 
 impl BufferCache {
